@@ -1,0 +1,88 @@
+"""The working graph: onnx-graphsurgeon import/export that keeps what a model carries.
+
+``gs.export_onnx`` drops model-level fields (metadata, doc string, model version, domain);
+``export`` restores them from the original ``ModelProto`` so a pipeline keeps everything the
+user's model had apart from what the passes changed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+logger = logging.getLogger(__name__)
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Return the onnx-graphsurgeon graph of ``model`` (tensors share no memory with it)."""
+    return gs.import_onnx(model)
+
+
+def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Export ``graph`` to a ``ModelProto``, copying model-level fields from ``template``."""
+    model = gs.export_onnx(graph, do_type_check=True)
+    if template is not None:
+        model.ir_version = max(template.ir_version, _min_ir_version(model))
+        model.model_version = template.model_version
+        model.doc_string = template.doc_string
+        model.domain = template.domain
+        if template.producer_name and not model.producer_name:
+            model.producer_name = template.producer_name
+            model.producer_version = template.producer_version
+        del model.metadata_props[:]
+        model.metadata_props.extend(template.metadata_props)
+        existing = {f.name for f in model.functions}
+        model.functions.extend(f for f in template.functions if f.name not in existing)
+    return model
+
+
+def _min_ir_version(model: onnx.ModelProto) -> int:
+    opsets = [(o.domain, o.version) for o in model.opset_import]
+    try:
+        return onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+    except (TypeError, ValueError):
+        return model.ir_version
+
+
+def replace_contents(graph: gs.Graph, other: gs.Graph) -> None:
+    """Make ``graph`` hold ``other``'s nodes and tensors (for passes that work on a ModelProto)."""
+    graph.nodes = other.nodes
+    graph.inputs = other.inputs
+    graph.outputs = other.outputs
+    graph.opset = other.opset
+    graph.import_domains = other.import_domains
+    graph.functions = other.functions
+
+
+def default_opset(graph: gs.Graph) -> int:
+    """The version of the default ("" / ai.onnx) opset the graph imports."""
+    for imp in graph.import_domains or []:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return int(graph.opset)
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of an initializer or of a Constant node's output, else ``None``."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        node = tensor.inputs[0]
+        value = node.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return value.values
+    return None
+
+
+def subgraphs(graph: gs.Graph) -> list[gs.Graph]:
+    """Graphs nested in node attributes (If/Loop/Scan bodies), recursively."""
+    found: list[gs.Graph] = []
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                found.append(value)
+                found.extend(subgraphs(value))
+    return found
