@@ -40,9 +40,8 @@ def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.Mod
 
 
 def _min_ir_version(model: onnx.ModelProto) -> int:
-    opsets = [(o.domain, o.version) for o in model.opset_import]
     try:
-        return onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+        return onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     except (TypeError, ValueError):
         return model.ir_version
 

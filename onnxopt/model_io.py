@@ -45,6 +45,8 @@ def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPr
         raise ModelLoadError(
             f"{path}: external data file missing ({exc.filename}); keep it beside the model"
         ) from exc
+    except onnx.checker.ValidationError as exc:  # raised for missing/unsafe external data files
+        raise ModelLoadError(f"{path}: external data cannot be read ({_first_line(exc)})") from exc
     except (OSError, ValueError, RuntimeError) as exc:  # truncated files, bad external data
         raise ModelLoadError(f"{path}: cannot be read as ONNX ({exc})") from exc
     _validate_loaded(model, str(path))

@@ -1,0 +1,114 @@
+"""The Python API: ``optimize`` a model with a list of passes and measure what changed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+
+from onnxopt.data import DataSource, open_data
+from onnxopt.evaluate import compare
+from onnxopt.model_io import load_model, save_model
+from onnxopt.pass_base import Pass, PassContext, PassReport
+from onnxopt.pipeline import Pipeline
+from onnxopt.registry import Registry, default_registry
+from onnxopt.stats import ModelStats, model_stats
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimizeReport:
+    """What ``optimize`` did and measured."""
+
+    source: str
+    output: str | None
+    passes: list[PassReport]
+    before: ModelStats
+    after: ModelStats
+    calibration: str | None = None
+    comparison: Any = None  # onnxopt.evaluate.Comparison when evaluation data was given
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "calibration": self.calibration,
+            "passes": [r.to_dict() for r in self.passes],
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "comparison": None if self.comparison is None else self.comparison.to_dict(),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class OptimizeResult:
+    model: onnx.ModelProto
+    report: OptimizeReport
+
+
+def optimize(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    passes: Sequence[str | Pass],
+    *,
+    calibration: Any = None,
+    evaluation: Any = None,
+    output: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = 1,
+    batch_size: int = 32,
+    latency_runs: int = 50,
+    progress: bool = False,
+    registry: Registry | None = None,
+    data_options: dict[str, Any] | None = None,
+) -> OptimizeResult:
+    """Load ``model``, run ``passes`` (specs like ``"int8:method=entropy"`` or ``Pass`` objects),
+    optionally save to ``output`` (atomically, never over the input) and compare the result with
+    the original on ``evaluation`` data (anything ``onnxopt.data.open_data`` accepts, or
+    ``"random"`` for a latency-only comparison).
+    """
+    registry = registry or default_registry()
+    if not passes:
+        from onnxopt.errors import UnknownPassError
+
+        raise UnknownPassError(f"no passes given; choose from: {', '.join(registry.names())}")
+    pass_objs = [registry.create(p) for p in passes]
+    original = load_model(model)
+    source = str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
+    options = data_options or {}
+    calib: DataSource | None = None
+    if calibration is not None:
+        calib = open_data(calibration, original, seed=seed, **options)
+        if calib.synthetic:
+            logger.warning("calibrating on random data: ranges will not match real inputs")
+    data: DataSource | None = None
+    if evaluation is not None:
+        data = open_data(evaluation, original, seed=seed, **options)
+    for source_ in (calib, data):  # bad data must fail before anything is computed or written
+        if source_ is not None:
+            source_.check()
+    ctx = PassContext(calibration=calib, seed=seed, providers=tuple(providers), threads=threads, progress=progress)
+    result = Pipeline(pass_objs).run(original, ctx)
+    out_path = None
+    if output is not None:
+        input_path = None if isinstance(model, onnx.ModelProto) else Path(model)
+        out_path = str(save_model(result.model, output, input_path=input_path))
+    report = OptimizeReport(
+        source=source, output=out_path, passes=result.reports,
+        before=model_stats(original), after=model_stats(result.model),
+        calibration=None if calib is None else calib.description,
+    )
+    if calib is not None and calib.synthetic:
+        report.warnings.append("calibration used random data: quantization ranges and recovery do not reflect real inputs")
+    if data is not None:
+        report.comparison = compare(
+            original, result.model, data, providers=providers, threads=threads, batch_size=batch_size,
+            latency_runs=latency_runs, progress=progress)
+    return OptimizeResult(result.model, report)

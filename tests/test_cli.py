@@ -1,0 +1,147 @@
+"""The command line: success paths and one-line errors with exit code 2 that write nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import parse
+
+from onnxopt.cli import main
+
+TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, 4] input) => (float[N, 4] logits) {
+    w = Constant <value = float[4, 4] {1,0,0,0, 0,2,0,0, 0,0,3,0, 0,0,0,4}> ()
+    h = MatMul(input, w)
+    d = Identity(h)
+    logits = Relu(d)
+}
+"""
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    path = tmp_path / "m.onnx"
+    onnx.save(parse(TEXT), str(path))
+    return path
+
+
+@pytest.fixture
+def data_path(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, input=rng.standard_normal((40, 4)).astype(np.float32), label=rng.integers(0, 4, 40))
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_optimize_writes_model_and_json_report(tmp_path: Path, model_path: Path, data_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out_path = tmp_path / "out.onnx"
+    code, out, err = _run(capsys, "optimize", str(model_path), "-o", str(out_path), "--pass", "eliminate-identity",
+                          "--eval", str(data_path), "--json", "--latency-runs", "5")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["passes"][0]["pass_name"] == "eliminate-identity"
+    assert report["passes"][0]["nodes_removed"] == 1
+    assert report["comparison"]["agreement"] == 1.0
+    assert report["before"]["op_histogram"]["Identity"] == 1 and "Identity" not in report["after"]["op_histogram"]
+    onnx.checker.check_model(onnx.load(str(out_path)), full_check=True)
+
+
+def test_compare_model_with_itself(model_path: Path, data_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "compare", str(model_path), str(model_path), "--data", str(data_path), "--json",
+                          "--latency-runs", "20")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["agreement"] == 1.0
+    assert 0.5 < result["latency"]["ratio"] < 2.0
+
+
+def test_inspect_and_passes(model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "inspect", str(model_path), "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["stats"]["op_histogram"] == {"Constant": 1, "Identity": 1, "MatMul": 1, "Relu": 1}
+    assert {p["name"]: p["status"] for p in info["passes"]}["eliminate-identity"] == "would change"
+    code, out, _ = _run(capsys, "passes")
+    assert code == 0 and "fold-batchnorm" in out
+
+
+def _bad_npz(tmp_path: Path, **arrays: np.ndarray) -> str:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("missing", "no such file"),
+        ("not_onnx", "not an ONNX model|cannot be read|invalid ONNX"),
+        ("truncated", "not an ONNX model|cannot be read|invalid ONNX"),
+        ("same_output", "overwrite the input"),
+        ("bad_name", "missing input"),
+        ("bad_shape", "shape"),
+        ("bad_dtype", "dtype"),
+        ("empty", "empty"),
+        ("unknown_pass", "unknown pass"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(case: str, match: str, tmp_path: Path, model_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # setup
+    src = model_path
+    out = tmp_path / "out.onnx"
+    args = ["--pass", "eliminate-identity"]
+    data = None
+    if case == "missing":
+        src = tmp_path / "nope.onnx"
+    elif case == "not_onnx":
+        src = tmp_path / "text.onnx"
+        src.write_text("hello, world\n" * 10)
+    elif case == "truncated":
+        src = tmp_path / "trunc.onnx"
+        src.write_bytes(model_path.read_bytes()[:40])
+    elif case == "same_output":
+        out = model_path
+    elif case == "bad_name":
+        data = _bad_npz(tmp_path, x=np.zeros((2, 4), np.float32))
+    elif case == "bad_shape":
+        data = _bad_npz(tmp_path, input=np.zeros((2, 5), np.float32))
+    elif case == "bad_dtype":
+        data = _bad_npz(tmp_path, input=np.zeros((2, 4), np.float64))
+    elif case == "empty":
+        data = _bad_npz(tmp_path, input=np.zeros((0, 4), np.float32))
+    elif case == "unknown_pass":
+        args = ["--pass", "frobnicate"]
+    before = model_path.read_bytes()
+    if data is not None:
+        args += ["--eval", data]
+    # execute
+    code, _, err = _run(capsys, "optimize", str(src), "-o", str(out), *args, "--latency-runs", "2")
+    # assert
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxopt: error:"), err
+    assert pytest.importorskip("re").search(match, lines[0]), lines[0]
+    assert model_path.read_bytes() == before
+    assert not (tmp_path / "out.onnx").exists() or case == "same_output"
+
+
+def test_console_script_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "onnxopt.cli", "inspect", str(tmp_path / "missing.onnx")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "no such file" in proc.stderr
