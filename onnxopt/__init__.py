@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from onnxopt.api import OptimizeReport, OptimizeResult, optimize
 from onnxopt.data import Batch, DataSource, open_data
+from onnxopt.evaluate import Comparison, compare
 from onnxopt.errors import (
     DataError,
     ModelLoadError,
@@ -29,15 +30,8 @@ from onnxopt.stats import model_stats
 __version__ = "0.1.0"
 
 
-def compare(*args, **kwargs):  # noqa: ANN002, ANN003 - thin lazy wrapper, see onnxopt.evaluate.compare
-    """Compare two models on data; see ``onnxopt.evaluate.compare``."""
-    from onnxopt.evaluate import compare as _compare
-
-    return _compare(*args, **kwargs)
-
-
 __all__ = [
-    "optimize", "OptimizeReport", "OptimizeResult", "compare", "load_model", "save_model", "model_stats",
+    "optimize", "OptimizeReport", "OptimizeResult", "compare", "Comparison", "load_model", "save_model", "model_stats",
     "Pass", "PassContext", "PassReport", "Tolerance", "Pipeline", "Registry", "default_registry",
     "DataSource", "Batch", "open_data",
     "OnnxoptError", "ModelLoadError", "ModelSaveError", "DataError", "PassError", "PreconditionError",

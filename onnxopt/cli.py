@@ -89,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"onnxopt: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `onnxopt compare ... --json | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("onnxopt: interrupted; nothing was written", file=sys.stderr)
         return 130
