@@ -25,7 +25,9 @@ def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.Mod
     """Export ``graph`` to a ``ModelProto``, copying model-level fields from ``template``."""
     model = gs.export_onnx(graph, do_type_check=True)
     if template is not None:
-        model.ir_version = max(template.ir_version, _min_ir_version(model))
+        # IR < 4 requires every initializer to be a graph input, which onnx-graphsurgeon does not
+        # keep; IR 4 is the smallest version the exported graph is valid under.
+        model.ir_version = max(template.ir_version, _min_ir_version(model), 4)
         model.model_version = template.model_version
         model.doc_string = template.doc_string
         model.domain = template.domain
