@@ -1,0 +1,356 @@
+"""The binary-weight pass (passes/binary.py and helpers) and its inverse, the unpack pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import BUNDLED_MODELS, apply_pass, bundled, op_counts, run_model
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.data import open_data
+from onnxopt.errors import PreconditionError
+from onnxopt.graph import import_graph
+from onnxopt.pass_base import PassContext, PassReport
+from passes._binary_hwgq import lloyd_uniform_step
+from passes._binary_layers import select_layers
+from passes._binary_pack import pack_signs, unpack_signs
+from passes.binary import BinaryWeights
+from passes.unpack import UnpackBinary
+
+UNPACK_1BIT = {"BitShift": 2, "Cast": 1, "Mul": 2, "Sub": 1, "Reshape": 1}
+
+
+def _model(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray], x_shape: list[object],
+           y_shape: list[object], opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _cnn(rng: np.random.Generator) -> onnx.ModelProto:
+    """Conv(3→5) Relu Conv(5→15, stride 2) Relu Conv(15→15, 1x1, group 3) Relu Flatten MatMul Relu Gemm.
+
+    conv2 (675 weights) and conv3 (75) do not fill their last byte of bits; fc1 (5760) does.
+    """
+    weights = {
+        "w1": rng.standard_normal((5, 3, 3, 3)).astype(np.float32) * 0.3,
+        "w2": rng.standard_normal((15, 5, 3, 3)).astype(np.float32) * 0.2,
+        "b2": rng.standard_normal(15).astype(np.float32) * 0.1,
+        "w3": rng.standard_normal((15, 5, 1, 1)).astype(np.float32) * 0.3,
+        "w4": rng.standard_normal((240, 24)).astype(np.float32) * 0.1,
+        "w5": rng.standard_normal((10, 24)).astype(np.float32) * 0.3,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["a2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["a2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["a3"], name="conv3", group=3),
+        helper.make_node("Relu", ["a3"], ["r3"]),
+        helper.make_node("Flatten", ["r3"], ["f"]),
+        helper.make_node("MatMul", ["f", "w4"], ["m"], name="fc1"),
+        helper.make_node("Relu", ["m"], ["r4"]),
+        helper.make_node("Gemm", ["r4", "w5"], ["y"], name="fc2", transB=1),
+    ]
+    return _model(nodes, weights, ["N", 3, 8, 8], ["N", 10])
+
+
+def _inputs(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+# -- bit packing ----------------------------------------------------------------------------------
+
+def test_bit_order_is_little_endian_within_a_byte() -> None:
+    # setup: flat elements 0, 3, 4, 5 and 8 are +1
+    signs = np.array([1, -1, -1, 1, 1, 1, -1, -1, 1], np.int8)
+    # execute
+    packed = pack_signs(signs)
+    # assert: bit j of byte i is element 8i+j; the last byte is padded with zeros
+    assert packed.dtype == np.uint8 and packed.shape == (2, 1)
+    assert packed.ravel().tolist() == [0b00111001, 0b00000001]
+    np.testing.assert_array_equal(unpack_signs(packed, signs.shape), signs)
+
+
+@pytest.mark.parametrize("settings", [{"bits": 1}, {"bits": 2}, {"alpha_dtype": "float16"}, {"bits": 2, "hwgq": True}])
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_unpack_of_packed_equals_binarised_float_model(rng: np.random.Generator, settings: dict[str, object],
+                                                       calibrated: bool) -> None:
+    # setup
+    model = _cnn(rng)
+    x = _inputs(rng, 64)
+    ctx = PassContext(calibration=open_data([{"x": x}], model)) if calibrated else PassContext()
+    settings = {**settings, "min_weights": 0}
+    # execute
+    packed, _ = apply_pass(BinaryWeights(**settings), model, ctx)
+    unpacked, unpack_report = apply_pass(UnpackBinary(), packed)
+    binarised, _ = apply_pass(BinaryWeights(pack=False, **settings), model, ctx)
+    # assert: the same float weights bit for bit, and the same outputs
+    assert unpack_report.changes == 3
+    assert op_counts(unpacked) == op_counts(model) == op_counts(binarised)
+    got, want = _weights(unpacked), _weights(binarised)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    feeds = {"x": x[:8]}
+    out_packed, out_unpacked = run_model(packed, feeds)[0], run_model(unpacked, feeds)[0]
+    np.testing.assert_array_equal(out_packed, out_unpacked)
+    np.testing.assert_array_equal(out_unpacked, run_model(binarised, feeds)[0])
+
+
+def test_plain_binarisation_is_mean_abs_times_sign(rng: np.random.Generator) -> None:
+    # setup: a zero weight must binarise to +alpha
+    model = _cnn(rng)
+    w2 = _weights(model)["w2"].copy()
+    w2[0, 0, 0, 0] = 0.0
+    model.graph.initializer[[t.name for t in model.graph.initializer].index("w2")].CopyFrom(
+        numpy_helper.from_array(w2, "w2"))
+    # execute
+    out, report = apply_pass(BinaryWeights(min_weights=0, pack=False), model)
+    # assert
+    alpha = np.abs(w2.astype(np.float64)).mean(axis=(1, 2, 3)).astype(np.float32)
+    expected = alpha[:, None, None, None] * np.where(w2 >= 0, 1, -1).astype(np.float32)
+    np.testing.assert_array_equal(_weights(out)["w2"], expected)
+    assert _weights(out)["w2"][0, 0, 0, 0] == alpha[0] > 0
+    assert report.details["refit"].startswith("not run (no calibration data)")
+
+
+@pytest.mark.parametrize(("channels", "k", "alpha_dtype", "per_weight"), [
+    (16, 256, "float32", 32), (32, 576, "float32", 32), (8, 1152, "float32", 32), (16, 256, "float16", 16)])
+def test_per_layer_compression_is_32k_over_k_plus_32(channels: int, k: int, alpha_dtype: str, per_weight: int) -> None:
+    # setup: Gemm → MatMul(K → channels) → Gemm, so the middle layer is packed
+    rng = np.random.default_rng(1)
+    weights = {"w0": rng.standard_normal((4, k)).astype(np.float32), "w": rng.standard_normal((k, channels)).astype(np.float32),
+               "w9": rng.standard_normal((channels, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "w0"], ["h"], name="first"),
+             helper.make_node("MatMul", ["h", "w"], ["m"], name="middle"),
+             helper.make_node("Gemm", ["m", "w9"], ["y"], name="last")]
+    model = _model(nodes, weights, ["N", 4], ["N", 3])
+    # execute
+    out, report = apply_pass(BinaryWeights(alpha_dtype=alpha_dtype), model)
+    # assert: bytes = channels * (K/8 + alpha size); ratio 32K/(K+32) for float32 scales
+    (row,) = report.details["layers"]
+    assert row["k"] == k and row["channels"] == channels
+    assert row["packed_bytes"] == channels * (k // 8 + (4 if alpha_dtype == "float32" else 2))
+    assert row["compression"] == pytest.approx(32 * k / (k + per_weight), rel=1e-3)
+    bits = _weights(out)["w/binary0/bits"]
+    assert bits.dtype == np.uint8 and bits.size == k * channels // 8
+
+
+def test_packed_layer_structure_and_defaults_keep_first_and_last_float(rng: np.random.Generator) -> None:
+    # setup
+    model = _cnn(rng)
+    # execute
+    out, report = apply_pass(BinaryWeights(min_weights=0), model)
+    # assert: conv2, conv3, fc1 packed (3 unpacking subgraphs, 2 of them trimming padding bits);
+    # conv1 (first) and fc2 (last) stay float
+    weights = _weights(out)
+    assert {"w1", "w5"} <= weights.keys() and not {"w2", "w3", "w4"} & weights.keys()
+    assert weights["w1"].dtype == weights["w5"].dtype == np.float32
+    expected = dict(op_counts(model))
+    for op, n in {**UNPACK_1BIT, "Slice": 0}.items():
+        expected[op] = expected.get(op, 0) + 3 * n + (2 if op in ("Reshape", "Slice") else 0)
+    assert op_counts(out) == expected
+    skipped = {s.target: s.reason for s in report.skipped}
+    assert "first compute layer" in skipped["Conv 'conv1'"] and "last compute layer" in skipped["Gemm 'fc2'"]
+    assert [o.name for o in out.graph.output] == ["y"]
+
+
+def test_first_and_last_can_be_binarised_too(rng: np.random.Generator) -> None:
+    # setup
+    model = _cnn(rng)
+    # execute
+    out, report = apply_pass(BinaryWeights(min_weights=0, keep_first=False, keep_last=False), model)
+    # assert
+    assert len(report.details["layers"]) == 5
+    assert op_counts(out)["BitShift"] == 10
+    assert not {"w1", "w2", "w3", "w4", "w5"} & _weights(out).keys()
+
+
+def test_two_bit_planes_structure_and_error(rng: np.random.Generator) -> None:
+    # setup
+    model = _cnn(rng)
+    x = {"x": _inputs(rng, 16)}
+    # execute
+    one, _ = apply_pass(BinaryWeights(min_weights=0, pack=False), model)
+    two, report = apply_pass(BinaryWeights(min_weights=0, bits=2), model)
+    # assert: two subgraphs summed per layer, and a closer model
+    counts = op_counts(two)
+    assert counts["BitShift"] == 3 * 4 and counts["Add"] == 3
+    assert all(row["packed_bytes"] == 2 * (-(-row["channels"] * row["k"] // 8) + 4 * row["channels"])
+               for row in report.details["layers"])
+    ref = run_model(model, x)[0]
+    assert np.abs(run_model(two, x)[0] - ref).mean() < np.abs(run_model(one, x)[0] - ref).mean()
+
+
+@pytest.mark.parametrize("setting", [{"exclude_nodes": ("conv2",)}, {"min_weights": 700}, {"op_types": ("Gemm",)}])
+def test_exclusions_are_skipped_with_reasons(rng: np.random.Generator, setting: dict[str, object]) -> None:
+    # setup
+    model = _cnn(rng)
+    # execute
+    out, report = apply_pass(BinaryWeights(**setting), model)
+    # assert: conv2 (675 weights) stays float, with a reason when it was looked at
+    assert "w2" in _weights(out)
+    if "op_types" not in setting:
+        assert "Conv 'conv2'" in {s.target for s in report.skipped}
+
+
+def test_refit_lowers_every_layer_error_and_output_error(rng: np.random.Generator) -> None:
+    # setup
+    model = _cnn(rng)
+    calib, held_out = _inputs(rng, 128), {"x": _inputs(rng, 64)}
+    ctx = PassContext(calibration=open_data([{"x": calib}], model))
+    # execute
+    plain, _ = apply_pass(BinaryWeights(min_weights=0), model)
+    refit, report = apply_pass(BinaryWeights(min_weights=0), model, ctx)
+    # assert
+    fits = report.details["refit_layers"]
+    assert [f["layer"] for f in fits] == ["conv2", "conv3", "fc1"]
+    assert all(f["error_after"] < f["error_before"] and not f["kept_plain"] for f in fits)
+    ref = run_model(model, held_out)[0]
+    assert np.square(run_model(refit, held_out)[0] - ref).mean() < np.square(run_model(plain, held_out)[0] - ref).mean()
+
+
+def test_onnxruntime_folds_the_unpacking(rng: np.random.Generator) -> None:
+    # execute
+    _, report = apply_pass(BinaryWeights(min_weights=0), _cnn(rng))
+    # assert
+    assert report.details["onnxruntime_unpack_ops_left"] == 0
+
+
+def test_second_run_changes_nothing(rng: np.random.Generator) -> None:
+    # setup
+    once, _ = apply_pass(BinaryWeights(min_weights=0), _cnn(rng))
+    # execute
+    twice, report = apply_pass(BinaryWeights(min_weights=0), once)
+    # assert
+    assert not report.modified and op_counts(twice) == op_counts(once)
+    assert any("not a constant initializer" in s.reason for s in report.skipped)
+
+
+@pytest.mark.parametrize(("settings", "opset", "match"), [
+    ({"bits": 3}, 17, "bits=3"), ({}, 10, "opset 10"), ({"op_types": ("Relu",)}, 17, "cannot binarise Relu")])
+def test_preconditions(rng: np.random.Generator, settings: dict[str, object], opset: int, match: str) -> None:
+    # setup: the opset is only relabelled (BitShift's presence is what matters)
+    model = _cnn(rng)
+    model.opset_import[0].version = opset
+    # execute / assert
+    with pytest.raises(PreconditionError, match=match):
+        apply_pass(BinaryWeights(**settings), model)
+
+
+def test_unpack_leaves_a_float_model_alone(rng: np.random.Generator) -> None:
+    # setup
+    model = _cnn(rng)
+    # execute
+    out, report = apply_pass(UnpackBinary(), model)
+    # assert
+    assert not report.modified and op_counts(out) == op_counts(model)
+
+
+# -- im2col ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("attrs", [
+    {"pads": [1, 0, 2, 1], "strides": [2, 1]},
+    {"dilations": [2, 2], "pads": [2, 2, 2, 2], "group": 2},
+    {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+    {"auto_pad": "SAME_LOWER", "strides": [2, 2], "group": 4},
+])
+def test_conv_patches_reproduce_the_convolution(rng: np.random.Generator, attrs: dict[str, object]) -> None:
+    # setup
+    group = int(attrs.get("group", 1))
+    w = rng.standard_normal((8, 4 // group, 3, 3)).astype(np.float32)
+    model = _model([helper.make_node("Conv", ["x", "w"], ["y"], name="c", **attrs)], {"w": w}, [2, 4, 7, 6], [2, 8, "H", "W"])
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
+    y = run_model(model, {"x": x})[0]
+    graph = import_graph(model)
+    (layer,) = select_layers(graph, op_types=("Conv",), keep_first=False, keep_last=False, exclude_nodes=(),
+                             min_weights=0, report=PassReport("t"))
+    positions = layer.positions(x.shape)
+    sample = np.repeat([0, 1], positions)
+    position = np.tile(np.arange(positions), 2)
+    # execute
+    patches = layer.patch_rows(x, sample, position)
+    # assert
+    per = 8 // group
+    got = np.concatenate([patches[:, g] @ layer.matrix()[g * per:(g + 1) * per].T for g in range(group)], axis=1)
+    assert positions == y.shape[2] * y.shape[3]
+    np.testing.assert_allclose(got, y.reshape(2, 8, -1).transpose(0, 2, 1).reshape(-1, 8), rtol=1e-4, atol=1e-5)
+
+
+# -- HWGQ -----------------------------------------------------------------------------------------
+
+def test_lloyd_step_minimises_half_gaussian_error() -> None:
+    # setup
+    x = np.linspace(0, 10, 400001)
+    density = np.exp(-x * x / 2)
+
+    def mse(step: float) -> float:
+        q = np.minimum(np.round(x / step), 3) * step
+        return float(np.sum((q - x) ** 2 * density) / density.sum())
+
+    # execute
+    step = lloyd_uniform_step(2)
+    # assert
+    assert step == pytest.approx(0.6508, abs=1e-3)
+    assert mse(step) < mse(step - 0.01) and mse(step) < mse(step + 0.01)
+
+
+def test_hwgq_quantizes_bn_relu_outputs(rng: np.random.Generator) -> None:
+    # setup: Conv BN Relu Conv BN Relu Conv; only the middle conv is binarised
+    c = 8
+    bn = {f"{n}{i}": v for i in (1, 2) for n, v in (("s", rng.uniform(0.5, 1.5, c)), ("b", rng.normal(0, 0.5, c)),
+                                                     ("mu", rng.normal(0, 0.1, c)), ("var", rng.uniform(0.5, 1.5, c)))}
+    weights = {"w1": rng.standard_normal((c, 3, 3, 3)), "w2": rng.standard_normal((c, c, 3, 3)),
+               "w3": rng.standard_normal((4, c, 1, 1)), **bn}
+    weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "s1", "b1", "mu1", "var1"], ["n1"]),
+             helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c2", "s2", "b2", "mu2", "var2"], ["n2"]),
+             helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3")]
+    model = _model(nodes, weights, ["N", 3, 8, 8], ["N", 4, 8, 8])
+    x = {"x": _inputs(rng, 4)}
+    # execute
+    out, report = apply_pass(BinaryWeights(hwgq=True), model)
+    # assert: both Relus became Clip → QuantizeLinear → DequantizeLinear with levels 0, Δ, 2Δ, 3Δ
+    counts = op_counts(out)
+    assert "Relu" not in counts and counts["Clip"] == counts["QuantizeLinear"] == counts["DequantizeLinear"] == 2
+    assert report.details["hwgq_quantized"] == 2
+    step = np.float32(report.details["hwgq_step"])
+    probe = onnx.ModelProto()
+    probe.CopyFrom(out)
+    probe.graph.output.append(onnx.ValueInfoProto(name="r1"))
+    codes = np.unique(run_model(probe, x)[1]) / step
+    assert step == pytest.approx(lloyd_uniform_step(2), abs=1e-6)
+    assert set(np.round(codes).tolist()) <= {0, 1, 2, 3} and np.allclose(codes, np.round(codes), atol=1e-5)
+
+
+# -- bundled models -------------------------------------------------------------------------------
+
+@pytest.mark.skipif("vgg_digits" not in BUNDLED_MODELS, reason="bundled model vgg_digits not built yet")
+def test_bundled_vgg_refit_lowers_errors_and_keeps_accuracy() -> None:
+    # setup
+    model, calib, evaluation = bundled("vgg_digits")
+    with np.load(evaluation) as npz:
+        x, labels = npz["input"], npz["label"]
+    # execute
+    plain, _ = apply_pass(BinaryWeights(), model)
+    refit, report = apply_pass(BinaryWeights(), model, PassContext(calibration=open_data(calib, model)))
+    # assert
+    assert all(f["error_after"] < f["error_before"] for f in report.details["refit_layers"])
+    accuracy = {name: float(np.mean(run_model(m, {"input": x})[0].argmax(1) == labels))
+                for name, m in (("plain", plain), ("refit", refit))}
+    assert accuracy["refit"] >= accuracy["plain"]
