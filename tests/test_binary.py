@@ -225,7 +225,21 @@ def test_onnxruntime_folds_the_unpacking(rng: np.random.Generator) -> None:
     # execute
     _, report = apply_pass(BinaryWeights(min_weights=0), _cnn(rng))
     # assert
-    assert report.details["onnxruntime_unpack_ops_left"] == 0
+    assert report.details["onnxruntime_unpack_nodes_left"] == 0
+
+
+def test_a_second_run_can_pack_what_the_first_excluded(rng: np.random.Generator) -> None:
+    # setup
+    model = _cnn(rng)
+    once, _ = apply_pass(BinaryWeights(min_weights=0, exclude_nodes=("conv2",), pack=True), model)
+    x = {"x": _inputs(rng, 4)}
+    # execute
+    twice, report = apply_pass(BinaryWeights(min_weights=0), once)
+    all_at_once, _ = apply_pass(BinaryWeights(min_weights=0), model)
+    # assert: the shared constants are reused, and the result is the one-run result
+    assert [row["node"] for row in report.details["layers"]] == ["conv2"]
+    assert op_counts(twice) == op_counts(all_at_once)
+    np.testing.assert_array_equal(run_model(twice, x)[0], run_model(all_at_once, x)[0])
 
 
 def test_second_run_changes_nothing(rng: np.random.Generator) -> None:
@@ -354,3 +368,29 @@ def test_bundled_vgg_refit_lowers_errors_and_keeps_accuracy() -> None:
     accuracy = {name: float(np.mean(run_model(m, {"input": x})[0].argmax(1) == labels))
                 for name, m in (("plain", plain), ("refit", refit))}
     assert accuracy["refit"] >= accuracy["plain"]
+
+
+def test_float16_weights_are_rebuilt_exactly_and_folded() -> None:
+    # setup: float16 MatMul chain; the middle weight is packed, its scales float16
+    rng = np.random.default_rng(2)
+    weights = {f"w{i}": rng.standard_normal(shape).astype(np.float16) for i, shape in enumerate([(8, 64), (64, 48), (48, 4)])}
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"),
+             helper.make_node("MatMul", ["h0", "w1"], ["h1"], name="mm1"),
+             helper.make_node("MatMul", ["h1", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = {"x": rng.standard_normal((5, 8)).astype(np.float16)}
+    # execute
+    packed, report = apply_pass(BinaryWeights(min_weights=0), model)
+    unpacked, _ = apply_pass(UnpackBinary(), packed)
+    # assert
+    w1 = weights["w1"].astype(np.float64)
+    alpha = np.abs(w1).mean(axis=0).astype(np.float16)
+    expected = (alpha.astype(np.float32)[None, :] * np.where(w1 >= 0, 1, -1).astype(np.float32)).astype(np.float16)
+    np.testing.assert_array_equal(_weights(unpacked)["w1"], expected)
+    assert report.details["layers"][0]["packed_bytes"] == 64 * 48 // 8 + 48 * 2
+    assert report.details["onnxruntime_unpack_nodes_left"] == 0
+    np.testing.assert_array_equal(run_model(packed, x)[0], run_model(unpacked, x)[0])

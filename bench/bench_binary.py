@@ -1,0 +1,200 @@
+"""Benchmark of the binary pass: size, accuracy (plain vs refit vs 2-bit) and latency.
+
+For each bundled model: whole-model and per-layer compression, top-1 accuracy on its eval.npz for
+the float model and several binary variants (refitted on its calib.npz), the per-layer refit
+errors, whether onnxruntime folds the unpacking subgraphs, and the paired latency ratio packed vs
+float (CPU, 1 intra-op thread, graph optimizations on). For the real models in ../shared/models
+(upgraded to opset 13 first: packing needs BitShift) it gives size, folding and latency only (no
+labelled data). Writes the "binary" section of docs/BENCHMARKS.md.
+
+    .venv/bin/python bench/bench_binary.py [--runs 50] [--models resnet_fmnist,vgg_digits] [--models-dir models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import ROOT, SHARED_MODELS, markdown_table, write_section  # noqa: E402
+from onnxopt.data import input_specs, open_data  # noqa: E402
+from onnxopt.graph import export, import_graph  # noqa: E402
+from onnxopt.latency import paired_latency  # noqa: E402
+from onnxopt.pass_base import PassContext, PassReport  # noqa: E402
+from onnxopt.pipeline import Pipeline  # noqa: E402
+from onnxopt.runtime import make_session  # noqa: E402
+from passes.binary import BinaryWeights  # noqa: E402
+
+MODELS = ROOT / "models"
+BUNDLED = ("resnet_fmnist", "vgg_digits", "mlp_fmnist")
+REAL = ("ultraface-RFB-320.onnx", "SqueezeNet_fp16.onnx")
+LATENCY_BATCH = 32
+
+#: (label, settings, refit on calibration data)
+VARIANTS: list[tuple[str, dict[str, object], bool]] = [
+    ("1-bit plain (alpha = mean abs W)", {"refit": False}, False),
+    ("1-bit refit (default)", {}, True),
+    ("2-bit plain", {"bits": 2, "refit": False}, False),
+    ("2-bit refit", {"bits": 2}, True),
+    ("1-bit refit + HWGQ 2-bit activations", {"hwgq": True}, True),
+    ("1-bit refit, first/last binarised too", {"keep_first": False, "keep_last": False}, True),
+]
+FP16_SCALES = {"refit": False, "alpha_dtype": "float16"}
+
+
+@dataclass
+class Outcome:
+    label: str
+    model: onnx.ModelProto
+    report: PassReport
+    seconds: float
+
+
+def _accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    logits = make_session(model).run(None, {"input": x})[0]
+    return float(np.mean(logits.argmax(1) == labels)), logits.argmax(1)
+
+
+def _apply(model: onnx.ModelProto, settings: dict[str, object], calib: Path | None) -> tuple[onnx.ModelProto, PassReport, float]:
+    ctx = PassContext(calibration=open_data(calib, model) if calib else None, threads=1)
+    start = time.perf_counter()
+    result = Pipeline([BinaryWeights(**settings)]).run(model, ctx)
+    return result.model, result.reports[0], time.perf_counter() - start
+
+
+def _latency(float_model: onnx.ModelProto, packed: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int) -> str:
+    """Paired ratio packed / float. The float side goes through the same graph import/export as the
+    packed one, so both reach onnxruntime in the same form (old models list their initializers as
+    graph inputs, which onnxruntime may not fold; the export drops them)."""
+    a = make_session(export(import_graph(float_model), float_model), threads=1, optimize=True)
+    b = make_session(packed, threads=1, optimize=True)
+    lat = paired_latency(a, feeds, b, feeds, runs=runs, warmup=5)
+    return f"{lat.ratio:.3f} [{lat.ratio_p10:.3f}, {lat.ratio_p90:.3f}] ({lat.a_median_ms:.2f} / {lat.b_median_ms:.2f} ms)"
+
+
+def bench_bundled(folder: Path, name: str, runs: int) -> tuple[list[list[object]], list[list[object]], list[list[object]]]:
+    model = onnx.load(str(folder / f"{name}.onnx"))
+    calib = folder / f"{name}.calib.npz"
+    with np.load(folder / f"{name}.eval.npz") as npz:
+        x, labels = npz["input"], npz["label"]
+    float_acc, float_pred = _accuracy(model, x, labels)
+    rows: list[list[object]] = [[name, "float32", f"{float_acc:.4f}", "1.000", model.ByteSize(), "1.00", "", ""]]
+    default: Outcome | None = None
+    has_bn = any(node.op_type == "BatchNormalization" for node in model.graph.node)
+    for label, settings, refit in VARIANTS:
+        if settings.get("hwgq") and not has_bn:
+            continue
+        packed, report, seconds = _apply(model, settings, calib if refit else None)
+        acc, pred = _accuracy(packed, x, labels)
+        fits = report.details.get("refit_layers", [])
+        lowered = f"{sum(f['error_after'] < f['error_before'] for f in fits)}/{len(fits)}" if fits else "-"
+        rows.append([name, label, f"{acc:.4f}", f"{np.mean(pred == float_pred):.3f}", packed.ByteSize(),
+                     f"{model.ByteSize() / packed.ByteSize():.2f}", lowered, f"{seconds:.1f}"])
+        if label.startswith("1-bit refit (default)"):
+            default = Outcome(label, packed, report, seconds)
+        logging.info("%s %s: acc %.4f", name, label, acc)
+    assert default is not None
+    _, half, _ = _apply(model, FP16_SCALES, None)
+    half_ratio = {row["node"]: row["compression"] for row in half.details["layers"]}
+    fits = {f["layer"]: f for f in default.report.details.get("refit_layers", [])}
+
+    def fit(node: str, key: str) -> str:
+        return f"{fits[node][key]:.4f}" if node in fits else "-"
+
+    layer_rows = [[name, row["node"], row["op"], row["channels"], row["k"], row["float_bytes"], row["packed_bytes"],
+                   f"{row['compression']:.2f}", f"{32 * row['k'] / (row['k'] + 32):.2f}",
+                   f"{half_ratio[row['node']]:.2f}", fit(row["node"], "error_before"), fit(row["node"], "error_after"),
+                   fit(row["node"], "holdout_before"), fit(row["node"], "holdout_after")]
+                  for row in default.report.details["layers"]]
+    details = default.report.details
+    size_row = [[name, details["model_bytes_before"], details["model_bytes_after"], f"{details['model_compression']:.2f}",
+                 f"{half.details['model_compression']:.2f}", len(details["layers"]), len(default.report.skipped),
+                 details["onnxruntime_unpack_nodes_left"],
+                 _latency(model, default.model, {"input": x[:LATENCY_BATCH]}, runs),
+                 _latency(model, default.model, {"input": x[:1]}, runs)]]
+    return rows, layer_rows, size_row
+
+
+def bench_real(file: str, runs: int) -> list[object] | None:
+    path = SHARED_MODELS / file
+    if not path.exists():
+        return None
+    original = onnx.load(str(path))
+    model = onnx.version_converter.convert_version(original, 13)
+    packed, report, _ = _apply(model, {}, None)
+    rng = np.random.default_rng(0)
+    feeds = {spec.name: rng.standard_normal([d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]).astype(spec.dtype)
+             for spec in input_specs(model)}
+    d = report.details
+    return [file, f"{[o.version for o in original.opset_import]} -> 13", d["model_bytes_before"], d["model_bytes_after"],
+            f"{d['model_compression']:.2f}", len(d["layers"]), d["onnxruntime_unpack_nodes_left"],
+            _latency(model, packed, feeds, runs)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50, help="paired latency runs per model")
+    parser.add_argument("--models", default=",".join(BUNDLED), help="bundled models to run")
+    parser.add_argument("--models-dir", type=Path, default=MODELS, help="folder holding the bundled models")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    acc_rows, layer_rows, size_rows = [], [], []
+    for name in [m for m in args.models.split(",") if (args.models_dir / f"{m}.onnx").exists()]:
+        rows, layers, size = bench_bundled(args.models_dir, name, args.runs)
+        acc_rows += rows
+        layer_rows += layers
+        size_rows += size
+    real_rows = [r for r in (bench_real(f, args.runs) for f in REAL) if r is not None]
+    body = "\n\n".join([
+        "## binary: 1-bit weights packed 8 per byte (`binary`)",
+        "Bit order: little-endian within a byte; bit j of byte i is the sign of flat element 8i+j of the "
+        "weight (row-major), 1 = +1, 0 = -1. Defaults: first and last compute layers float, layers with "
+        "fewer than 512 weights float, fp32 per-channel scales, refit on the model's calib.npz "
+        "(4096 rows per layer, 3 iterations, ridge weight chosen from 0.01/0.1/1 on held-out samples).",
+        "### Size and latency (default settings, refitted)",
+        "Bytes are initializer bytes. Latency: packed / float32 median of per-pair ratios [p10, p90] over "
+        f"{args.runs} paired runs, CPUExecutionProvider, 1 intra-op thread, ORT_ENABLE_ALL, batch "
+        f"{LATENCY_BATCH} and batch 1 of eval inputs. 'ORT unpack nodes left' = unpacking-subgraph nodes left in the "
+        "model onnxruntime writes after its session-start optimizations (0: folded into float initializers).",
+        markdown_table(["model", "float bytes", "packed bytes", "whole-model x", "whole-model x (fp16 scales)",
+                        "packed layers", "layers left float",
+                        "ORT unpack nodes left", f"latency ratio (batch {LATENCY_BATCH})", "latency ratio (batch 1)"],
+                       size_rows),
+        "### Accuracy (top-1 on eval.npz; agreement = top-1 agreement with the float model)",
+        "Size ratio here is the serialized model (`ByteSize`), float / variant. 'refit lowered' counts "
+        "layers whose relative output error on the calibration rows went down.",
+        markdown_table(["model", "variant", "top-1", "agreement", "bytes", "size ratio", "refit lowered", "pass s"],
+                       acc_rows),
+        "### Per-layer compression and refit error (default settings)",
+        "Ratio = float32 bytes / (bit bytes + fp32 scale bytes), measured; 32K/(K+32) is the formula; "
+        "the fp16 column is the measured ratio with `alpha_dtype=float16` (formula 32K/(K+16)). Errors are "
+        "relative output errors ||Y_float - X_bin W_bin^T||^2 / ||Y_float||^2 before (alpha = mean|W|) and "
+        "after the alternating update, on all sampled calibration rows and on the held-out rows "
+        "(1 calibration sample in 4) that chose the ridge weight.",
+        markdown_table(["model", "layer", "op", "C", "K", "float bytes", "packed bytes", "ratio", "32K/(K+32)",
+                        "ratio fp16 scales", "error before", "error after", "held-out before", "held-out after"],
+                       layer_rows),
+    ])
+    if real_rows:
+        body += "\n\n" + "\n\n".join([
+            "### Real models (../shared/models; size, folding, latency; random input)",
+            "Converted with onnx.version_converter to opset 13 first (they import opset 7/9; BitShift is "
+            "opset 11). No refit (no calibration data), no accuracy (no labelled data). The float side of "
+            "the latency pair went through the same graph import/export (these files list initializers as "
+            "graph inputs, which keeps onnxruntime from folding BatchNormalization; the export drops them).",
+            markdown_table(["model", "opset", "float bytes", "packed bytes", "whole-model x", "packed layers",
+                            "ORT unpack nodes left", "latency ratio (batch 1)"], real_rows)])
+    where = "" if args.models_dir == MODELS else f" --models-dir {args.models_dir}"
+    write_section("binary", f".venv/bin/python bench/bench_binary.py --runs {args.runs}{where}", body)
+
+
+if __name__ == "__main__":
+    main()
