@@ -54,7 +54,7 @@ class QParams:
     def quantize(self, values: np.ndarray) -> np.ndarray:
         """``QuantizeLinear`` semantics (round half to even, saturate)."""
         q = np.rint(np.asarray(values, np.float32) / np.float32(self.scale)) + self.zero_point
-        return np.clip(q, self.qmin, self.qmax).astype(self.dtype)
+        return np.asarray(np.clip(q, self.qmin, self.qmax), self.dtype)
 
 
 def qparams_from_range(lo: float, hi: float, dtype: QuantDtype, symmetric: bool) -> QParams:
@@ -79,22 +79,27 @@ def qparams_from_range(lo: float, hi: float, dtype: QuantDtype, symmetric: bool)
     return QParams(scale32, zero_point, dtype)
 
 
-def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 in ``[-127, 127]``, per channel along ``axis`` (or per tensor if ``None``).
+def quantize_weight(weight: np.ndarray, axis: int | None, bound: int = 127,
+                    floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in ``[-bound, bound]``, per channel along ``axis`` (or per tensor if ``None``).
 
-    Returns ``(int8 values, float32 scales)``; scales have the length of ``axis`` (or are a scalar).
+    ``floor`` is a least scale per channel (or a scalar), e.g. so that a bias fits int32 at scale
+    ``s_x * s_w``. Returns ``(int8 values, float32 scales)``; scales have the length of ``axis`` (or
+    are a scalar).
     """
+    if not 1 <= bound <= 127:
+        raise ValueError(f"weight bound must be in 1..127, got {bound}")
     w = np.asarray(weight, np.float32)
     if axis is None:
-        bound = np.asarray(np.max(np.abs(w)) if w.size else 0.0, np.float32)
-        shaped = bound
+        peak = np.asarray(np.max(np.abs(w)) if w.size else 0.0, np.float32)
     else:
         others = tuple(i for i in range(w.ndim) if i != axis)
-        bound = np.max(np.abs(w), axis=others) if w.size else np.zeros(w.shape[axis], np.float32)
-        shaped = np.expand_dims(bound, others)
-    scale = np.where(bound > 0, bound / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-    shaped_scale = np.where(shaped > 0, shaped / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-    q = np.clip(np.rint(w / shaped_scale), -127, 127).astype(np.int8)
+        peak = np.max(np.abs(w), axis=others) if w.size else np.zeros(w.shape[axis], np.float32)
+    scale = np.where(peak > 0, peak / np.float32(bound), np.float32(1.0)).astype(np.float32)
+    if floor is not None:
+        scale = np.asarray(np.maximum(scale, np.asarray(floor, np.float32)), np.float32)
+    shaped_scale = scale if axis is None else np.expand_dims(scale, tuple(i for i in range(w.ndim) if i != axis))
+    q = np.clip(np.rint(w / shaped_scale), -bound, bound).astype(np.int8)
     return q, scale
 
 
@@ -142,7 +147,8 @@ class Observer(abc.ABC):
         """The clipping range this method chooses for the given integer type."""
         if self.empty:
             return 0.0, 0.0
-        return self._range(dtype, symmetric)
+        lo, hi = self._range(dtype, symmetric)
+        return float(lo), float(hi)
 
     @abc.abstractmethod
     def _range(self, dtype: QuantDtype, symmetric: bool) -> tuple[float, float]:
@@ -216,7 +222,8 @@ class Histogram:
         else:
             scaled = values.astype(np.float64) * factor
         np.floor(scaled, out=scaled)
-        scaled -= self.offset
+        if self.offset:
+            scaled -= self.offset
         return scaled.astype(np.intp)
 
     def _remap(self, exponent: int, offset: int) -> None:
@@ -233,17 +240,25 @@ class Histogram:
         """Left edges of the ``bins`` bins and the right edge of the last one."""
         return (self.offset + np.arange(self.bins + 1, dtype=np.float64)) * self.width
 
-    def magnitude(self) -> tuple[np.ndarray, float]:
+    def without_zeros(self, zeros: int) -> np.ndarray:
+        """The counts minus ``zeros`` exact zeros (they sit in the bin of index 0)."""
+        counts = self.counts.copy()
+        if zeros and 0 <= -self.offset < self.bins:
+            counts[-self.offset] -= zeros
+        return counts
+
+    def magnitude(self, counts: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """Counts of ``|x|`` on bins ``[j*w, (j+1)*w)`` from 0, at most ``bins`` of them, and ``w``."""
+        counts = self.counts if counts is None else counts
         k = self.offset + np.arange(self.bins, dtype=np.int64)
         folded = np.where(k >= 0, k, -k - 1)  # bin [-w, 0) folds onto [0, w)
-        used = self.counts > 0
+        used = counts > 0
         top = int(folded[used].max()) if used.any() else 0
         shift = 0
         while (top >> shift) >= self.bins:
             shift += 1
         out = np.zeros(self.bins, np.int64)
-        np.add.at(out, folded[used] >> shift, self.counts[used])
+        np.add.at(out, folded[used] >> shift, counts[used])
         return out[: (top >> shift) + 1], math.ldexp(self.width, shift)
 
 
@@ -253,24 +268,20 @@ class HistogramObserver(Observer):
     def __init__(self, bins: int = 2048) -> None:
         super().__init__()
         self.histogram = Histogram(bins)
+        #: exact zeros seen (Relu outputs are half zeros; every zero point represents them exactly)
+        self.zeros = 0
 
     def _collect(self, values: np.ndarray) -> None:
         self.histogram.add(values, self.lo, self.hi)
+        self.zeros += int(values.size - np.count_nonzero(values))
 
     @property
     def nbytes(self) -> int:
         return super().nbytes + int(self.histogram.counts.nbytes)
 
-    def _magnitude_range(self, bound: float, symmetric: bool) -> tuple[float, float]:
-        """The range for a clipping bound on ``|x|``: one-sided data stays one-sided."""
-        if symmetric or (self.lo < 0 < self.hi):
-            return max(self.lo, -bound), min(self.hi, bound)
-        return (0.0, min(self.hi, bound)) if self.lo >= 0 else (max(self.lo, -bound), 0.0)
-
-    def _levels(self, dtype: QuantDtype, symmetric: bool) -> int:
-        """Integer steps available on one side of zero for this data."""
-        one_sided = not symmetric and (self.lo >= 0 or self.hi <= 0)
-        return 255 if one_sided else 127
+    def _magnitude_range(self, bound: float) -> tuple[float, float]:
+        """The data range cut to ``[-bound, bound]``."""
+        return max(self.lo, -bound), min(self.hi, bound)
 
 
 class PercentileObserver(HistogramObserver):
@@ -290,7 +301,7 @@ class PercentileObserver(HistogramObserver):
             counts, width = self.histogram.magnitude()
             cdf = np.cumsum(counts) / counts.sum()
             bound = (int(np.searchsorted(cdf, q)) + 1) * width
-            return self._magnitude_range(bound, True)
+            return self._magnitude_range(bound)
         counts = self.histogram.counts
         cdf = np.cumsum(counts) / counts.sum()
         edges = self.histogram.edges()
@@ -300,52 +311,88 @@ class PercentileObserver(HistogramObserver):
 
 
 class EntropyObserver(HistogramObserver):
-    """The clipping bound on ``|x|`` that minimises KL(reference || quantized) (TensorRT style): every
-    bin edge from ``levels`` up is tried; the clipped tail is folded into the last kept bin."""
+    """The clipping range that minimises KL(reference || quantized) (TensorRT style). Symmetric: a
+    bound on ``|x|`` with 128 levels; asymmetric: ``[lo, hi]`` shrunk towards zero by a common factor
+    with 256 levels, so skewed data (a normalised image whose background sits at -0.8) keeps its
+    long side. Up to ``candidates`` ranges are tried; clipped tails join the outermost kept bins.
+    Exact zeros are left out: every zero point represents them exactly, and a Relu's spike at zero
+    would otherwise drag the bound down to where the first quantization group is narrow."""
 
     method = "entropy"
+    #: ranges tried at most (evenly spaced; with 2048 bins a step of a few bins)
+    candidates = 512
 
     def _range(self, dtype: QuantDtype, symmetric: bool) -> tuple[float, float]:
-        counts, width = self.histogram.magnitude()
-        levels = self._levels(dtype, symmetric) + 1
-        if len(counts) <= levels:
-            return self._magnitude_range(len(counts) * width, symmetric)
-        stops = np.arange(levels, len(counts) + 1)
-        best = int(stops[int(np.argmin(kl_divergences(counts, stops, levels)))])
-        return self._magnitude_range(best * width, symmetric)
+        counts = self.histogram.without_zeros(self.zeros)
+        if not counts.any():
+            return self.lo, self.hi
+        if symmetric:
+            magnitude, width = self.histogram.magnitude(counts)
+            stops = self._grid(len(magnitude), 128)
+            if stops is None:
+                return self.lo, self.hi
+            best = int(stops[int(np.argmin(kl_divergences(magnitude, np.zeros_like(stops), stops, 128)))])
+            return self._magnitude_range(best * width)
+        zero = -self.histogram.offset  # the bin [0, w)
+        used = np.flatnonzero(counts)
+        if not 0 <= zero < self.histogram.bins:
+            return self.lo, self.hi  # zero far outside the data: nothing to gain from clipping
+        below, above = max(zero - int(used[0]), 0), max(int(used[-1]) + 1 - zero, 1)
+        factors = self._grid(below + above, 256)
+        if factors is None:
+            return self.lo, self.hi
+        fraction = factors / float(below + above)
+        starts = zero - np.ceil(below * fraction).astype(np.int64)
+        stops = zero + np.maximum(np.ceil(above * fraction).astype(np.int64), 1)
+        best = int(np.argmin(kl_divergences(counts, starts, stops, 256)))
+        edges = self.histogram.edges()
+        return max(self.lo, float(edges[starts[best]])), min(self.hi, float(edges[stops[best]]))
+
+    def _grid(self, width: int, levels: int) -> np.ndarray | None:
+        """Candidate widths in bins, from ``levels`` to ``width`` (``None``: nothing to clip)."""
+        if width <= levels:
+            return None
+        return np.unique(np.linspace(levels, width, min(self.candidates, width - levels + 1)).astype(np.int64))
 
 
-def kl_divergences(counts: np.ndarray, stops: np.ndarray, levels: int) -> np.ndarray:
-    """For each ``stop``: KL(P || Q) where P is ``counts[:stop]`` with the tail added to its last bin
-    and Q is ``counts[:stop]`` merged into ``levels`` groups, each group's mass spread evenly over its
-    non-empty bins (a tail landing in an empty bin gets probability 1e-12). Vectorised with prefix sums."""
+def kl_divergences(counts: np.ndarray, starts: np.ndarray, stops: np.ndarray, levels: int) -> np.ndarray:
+    """For each candidate ``[start, stop)``: KL(P || Q) where P is ``counts[start:stop]`` with the tails
+    outside added to its first and last bins, and Q is ``counts[start:stop]`` merged into ``levels``
+    groups, each group's mass spread evenly over the bins where P is non-zero (TensorRT's definition;
+    a tail in a group without mass gets probability 1e-12). Vectorised over candidates with prefix sums."""
     c = counts.astype(np.float64)
     total = c.sum()
     csum = np.concatenate([[0.0], np.cumsum(c)])
     nonempty = np.concatenate([[0.0], np.cumsum(c > 0)])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        clogc = np.where(c > 0, c * np.log(np.where(c > 0, c, 1.0)), 0.0)
-    plogp_prefix = np.concatenate([[0.0], np.cumsum(clogc)])
-    edges = (np.arange(levels + 1)[None, :] * stops[:, None] + levels - 1) // levels  # [K, levels + 1]
+    plogp_prefix = np.concatenate([[0.0], np.cumsum(_xlogx(c))])
+    width = stops - starts
+    edges = starts[:, None] + (np.arange(levels + 1)[None, :] * width[:, None] + levels - 1) // levels
     group_sum = csum[edges[:, 1:]] - csum[edges[:, :-1]]
     group_nonempty = nonempty[edges[:, 1:]] - nonempty[edges[:, :-1]]
-    kept = csum[stops]
-    tail = total - kept
-    last = c[stops - 1]
-    # sum_j p_j log p_j with the tail merged into the last kept bin
-    plogp = (plogp_prefix[stops] - np.where(last > 0, last * np.log(np.maximum(last, 1e-300)), 0.0)
-             + np.where(last + tail > 0, (last + tail) * np.log(np.maximum(last + tail, 1e-300)), 0.0))
+    kept = csum[stops] - csum[starts]
+    left, right = csum[starts], total - csum[stops]
+    first, last = c[starts], c[stops - 1]
+    group_nonempty[:, 0] += (first == 0) & (left > 0)  # P's outermost bins hold the tails
+    group_nonempty[:, -1] += (last == 0) & (right > 0)
+    # sum_j p_j log p_j, the tails merged into the outermost kept bins
+    plogp = (plogp_prefix[stops] - plogp_prefix[starts] - _xlogx(first) - _xlogx(last)
+             + _xlogx(first + left) + _xlogx(last + right))
     with np.errstate(divide="ignore", invalid="ignore"):
         q_bin = np.where(group_sum > 0, group_sum / np.maximum(group_nonempty, 1), 1.0) / kept[:, None]
         plogq = np.sum(np.where(group_sum > 0, group_sum * np.log(q_bin), 0.0), axis=1)
-    q_last = np.where(last > 0, q_bin[:, -1], 1e-12)
-    plogq = plogq + tail * np.log(q_last)
+    plogq += left * np.log(np.where(group_sum[:, 0] > 0, q_bin[:, 0], 1e-12))
+    plogq += right * np.log(np.where(group_sum[:, -1] > 0, q_bin[:, -1], 1e-12))
     return (plogp - total * np.log(total)) / total - plogq / total
+
+
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
 
 
 class MseObserver(HistogramObserver):
     """The clipping range that minimises the expected squared quantization error on the histogram
-    (clipping error of the tails plus ``scale**2 / 12`` rounding noise inside the range)."""
+    (clipping error of the tails plus ``scale**2 / 12`` rounding noise inside the range; exact zeros
+    quantize without error and are left out)."""
 
     method = "mse"
     #: fractions of the full range tried
@@ -354,9 +401,12 @@ class MseObserver(HistogramObserver):
     def _range(self, dtype: QuantDtype, symmetric: bool) -> tuple[float, float]:
         hist = self.histogram
         edges = hist.edges()
-        used = hist.counts > 0
+        counts = hist.without_zeros(self.zeros)
+        used = counts > 0
+        if not used.any():
+            return self.lo, self.hi
         centers = np.clip(0.5 * (edges[:-1] + edges[1:]), self.lo, self.hi)[used]
-        counts = hist.counts[used].astype(np.float64)
+        counts = counts[used].astype(np.float64)
         if symmetric:
             bound = max(-self.lo, self.hi)
             ranges = [(-bound * f, bound * f) for f in self.grid]

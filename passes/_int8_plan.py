@@ -1,0 +1,346 @@
+"""The int8 pass's plan: which nodes are quantized, which tensors get Q/DQ and whose scale they use.
+
+Compute layers (Conv, ConvTranspose, Gemm, MatMul) anchor the plan. Ops with integer kernels of
+their own (Add, Mul, pooling, Concat), the shape ops between layers and Relu/Clip join it when they
+feed a quantized node, so onnxruntime finds complete DQ -> op -> Q groups to fuse; ops that only
+read quantized values stay in float (quantizing them would add error and fuse nothing useful).
+Shape ops (and MaxPool/Resize, whose outputs stay inside the input range) reuse their input's
+scale, which lets onnxruntime drop their Q/DQ pairs. In asymmetric mode a Relu (or a Clip with lower bound 0)
+directly after an integer op is left in the graph with the Q/DQ after it: its zero point is then
+``qmin``, the quantizer's clamp *is* the Relu, and onnxruntime removes the node only because that is
+exact. In symmetric mode the Relu stays and reuses its input's scale (exact as well).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import constant_value
+from onnxopt.pass_base import Skip
+
+logger = logging.getLogger(__name__)
+
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: ops with an integer kernel and an output scale of their own
+QLINEAR_OPS = frozenset({"Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat"})
+#: ops whose output reuses the input's scale (values are moved or a subset of the input's range)
+SHARED_SCALE_OPS = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize"})
+ACTIVATION_OPS = frozenset({"Relu", "Clip"})
+COVERED_OPS = COMPUTE_OPS | QLINEAR_OPS | SHARED_SCALE_OPS | ACTIVATION_OPS
+#: ops whose float output onnxruntime can produce directly from an integer kernel (QGemm, MatMulIntegerToFloat)
+FLOAT_OUTPUT_OPS = frozenset({"Gemm", "MatMul"})
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    symmetric: bool
+    per_channel: bool
+    #: int8 weights use [-weight_bound, weight_bound]
+    weight_bound: int = 127
+    exclude_ops: frozenset[str] = frozenset()
+    exclude_nodes: frozenset[str] = frozenset()
+    keep_first_last: bool = False
+    #: node name -> why it stays in float (set by the accuracy budget)
+    keep_float: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WeightUse:
+    node: str
+    index: int
+    axis: int | None
+
+
+@dataclass(frozen=True)
+class BiasUse:
+    node: str
+    index: int
+    #: the input activation whose scale s_x gives the bias scale s_x * s_w
+    activation: str
+
+
+@dataclass
+class Plan:
+    #: int8 weights use [-weight_bound, weight_bound]
+    weight_bound: int = 127
+    #: selected nodes, in topological order
+    nodes: list[str] = field(default_factory=list)
+    #: selected compute layers (the unit of the accuracy budget)
+    layers: list[str] = field(default_factory=list)
+    #: quantized activation tensor -> the tensor whose calibrated parameters it uses
+    tensors: dict[str, str] = field(default_factory=dict)
+    weights: list[WeightUse] = field(default_factory=list)
+    biases: list[BiasUse] = field(default_factory=list)
+    #: constant inputs of Add/Mul/Concat, stored as uint8: (node, input index)
+    constants: list[tuple[str, int]] = field(default_factory=list)
+    #: outputs of integer Gemm/MatMul read only by float ops, left in float (QGemm/MatMulIntegerToFloat)
+    float_outputs: list[str] = field(default_factory=list)
+    #: outputs of integer ops left unquantized because the Relu/Clip after them is quantized instead
+    folded: list[str] = field(default_factory=list)
+    #: quantized tensors read only by float ops (or graph outputs): they keep their full range, since
+    #: clipping there cuts the extreme values (confident logits) that the outputs are made of
+    exits: list[str] = field(default_factory=list)
+    #: op type of every selected node
+    ops: dict[str, str] = field(default_factory=dict)
+    skipped: list[Skip] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def observed(self) -> list[str]:
+        """Tensors that need a calibration observer of their own."""
+        return [t for t, source in self.tensors.items() if t == source]
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.ops.values()).items()))
+
+
+def candidate_tensors(graph: gs.Graph, dtypes: Mapping[str, np.dtype | None]) -> list[str]:
+    """Every float activation a plan could quantize (inputs and outputs of covered nodes)."""
+    names: dict[str, None] = {}
+    for node in graph.nodes:
+        if node.op not in COVERED_OPS or _check(node, dtypes) is not None:
+            continue
+        for tensor in [node.inputs[i] for i in _data_inputs(node)] + node.outputs[:1]:
+            if isinstance(tensor, gs.Variable) and constant_value(tensor) is None:
+                names[tensor.name] = None
+    return list(names)
+
+
+def make_plan(graph: gs.Graph, settings: PlanSettings, dtypes: Mapping[str, np.dtype | None]) -> Plan:
+    """The plan for a toposorted graph with unique node names."""
+    plan = Plan(weight_bound=settings.weight_bound)
+    candidates = _candidates(graph, settings, dtypes, plan)
+    selected = _select(candidates, plan)
+    order = [n for n in graph.nodes if n.name in selected]
+    plan.nodes = [n.name for n in order]
+    plan.ops = {n.name: n.op for n in order}
+    plan.layers = [n.name for n in order if n.op in COMPUTE_OPS]
+    outputs = {t.name for t in graph.outputs}
+    for node in order:
+        _plan_inputs(node, plan, settings)
+        _plan_output(node, plan, selected, settings, outputs)
+    return plan
+
+
+# -- selection --------------------------------------------------------------------------------
+
+def _candidates(graph: gs.Graph, settings: PlanSettings, dtypes: Mapping[str, np.dtype | None],
+                plan: Plan) -> list[gs.Node]:
+    uncovered: Counter[str] = Counter()
+    eligible = []
+    for node in graph.nodes:
+        if node.op not in COVERED_OPS or node.domain not in (None, "", "ai.onnx"):
+            uncovered[node.op] += 1
+            continue
+        reason = _check(node, dtypes)
+        if reason is None and node.op in settings.exclude_ops:
+            reason = "excluded by exclude_ops"
+        if reason is None and node.name in settings.exclude_nodes:
+            reason = "excluded by exclude_nodes"
+        if reason is not None:
+            plan.skipped.append(Skip(node.name, reason))
+            continue
+        eligible.append(node)
+    for op, count in sorted(uncovered.items()):
+        plan.skipped.append(Skip(f"{op} ({count} node{'s' * (count > 1)})",
+                                 "no integer kernel for this op in onnxruntime; stays in float"))
+    kept: dict[str, str] = dict(settings.keep_float)
+    if settings.keep_first_last:
+        layers = [n.name for n in eligible if n.op in COMPUTE_OPS]
+        for name in dict.fromkeys(layers[:1] + layers[-1:]):
+            kept[name] = "first/last compute layer kept in float (keep_first_last)"
+    for node in [n for n in eligible if n.name in kept]:
+        plan.skipped.append(Skip(node.name, kept[node.name]))
+        eligible.remove(node)
+    return eligible
+
+
+def _select(candidates: list[gs.Node], plan: Plan) -> set[str]:
+    """Compute layers, plus covered ops that feed a selected node (to a fixed point), plus a Relu/Clip
+    right after a selected node (so the quantizer after it can act as the activation)."""
+    selected = {n.name for n in candidates if n.op in COMPUTE_OPS}
+    joining = [n for n in candidates if n.op not in COMPUTE_OPS]
+    changed = True
+    while changed:
+        changed = False
+        for node in joining:
+            if node.name not in selected and _feeds(node, selected):
+                selected.add(node.name)
+                changed = True
+    for node in joining:
+        if node.name not in selected and node.op in ACTIVATION_OPS and _fed_by(node, selected):
+            selected.add(node.name)
+    for node in joining:
+        if node.name not in selected:
+            plan.skipped.append(Skip(node.name, "does not feed a quantized layer (nothing to fuse with)"))
+    return selected
+
+
+def _feeds(node: gs.Node, selected: set[str]) -> bool:
+    return any(consumer.name in selected and _is_data_input(consumer, node.outputs[0])
+               for consumer in node.outputs[0].outputs)
+
+
+def _fed_by(node: gs.Node, selected: set[str]) -> bool:
+    producers = node.inputs[0].inputs
+    return bool(producers) and producers[0].name in selected
+
+
+# -- tensors ----------------------------------------------------------------------------------
+
+def _plan_inputs(node: gs.Node, plan: Plan, settings: PlanSettings) -> None:
+    for i in _data_inputs(node):
+        tensor = node.inputs[i]
+        if constant_value(tensor) is not None:
+            plan.constants.append((node.name, i))
+        elif tensor.name not in plan.tensors and tensor.name not in plan.folded:
+            plan.tensors[tensor.name] = tensor.name
+    if node.op not in COMPUTE_OPS:
+        return
+    weight = _weight_index(node)
+    if weight is not None:
+        axis, note = _weight_axis(node, constant_value(node.inputs[weight]), settings.per_channel)
+        if note:
+            plan.notes.append(f"{node.name}: {note}")
+        plan.weights.append(WeightUse(node.name, weight, axis))
+        bias = _bias_index(node)
+        if bias is not None:
+            plan.biases.append(BiasUse(node.name, bias, node.inputs[0].name))
+
+
+def _plan_output(node: gs.Node, plan: Plan, selected: set[str], settings: PlanSettings,
+                 graph_outputs: set[str]) -> None:
+    out = node.outputs[0]
+    consumers = out.outputs
+    is_output = out.name in graph_outputs
+    quantized_consumers = [c for c in consumers if c.name in selected and _is_data_input(c, out)]
+    if (not settings.symmetric and not is_output and node.op in COMPUTE_OPS | QLINEAR_OPS
+            and len(consumers) == 1 and quantized_consumers and _foldable(consumers[0])):
+        plan.folded.append(out.name)
+        return  # the Relu/Clip after it is the quantizer's clamp: Q/DQ goes after the activation
+    if node.op in FLOAT_OUTPUT_OPS and not quantized_consumers:
+        plan.float_outputs.append(out.name)
+        return
+    shares = node.op in SHARED_SCALE_OPS or (node.op == "Relu" and settings.symmetric)
+    source = plan.tensors.get(node.inputs[0].name) if shares else None
+    plan.tensors[out.name] = source or out.name
+    if source is None and not quantized_consumers:
+        plan.exits.append(out.name)
+
+
+def _foldable(node: gs.Node) -> bool:
+    if node.op == "Relu":
+        return True
+    return node.op == "Clip" and _clip_bounds(node)[0] == 0.0
+
+
+# -- per-op facts -----------------------------------------------------------------------------
+
+def _data_inputs(node: gs.Node) -> list[int]:
+    """Indices of the inputs that carry activations (or constants quantized like activations)."""
+    if node.op in ("Add", "Mul", "Concat"):
+        return list(range(len(node.inputs)))
+    if node.op == "MatMul":
+        return [i for i in (0, 1) if constant_value(node.inputs[i]) is None]
+    return [0] if node.inputs else []
+
+
+def _is_data_input(node: gs.Node, tensor: gs.Tensor) -> bool:
+    return any(node.inputs[i] is tensor for i in _data_inputs(node))
+
+
+def _weight_index(node: gs.Node) -> int | None:
+    return 1 if len(node.inputs) > 1 and constant_value(node.inputs[1]) is not None else None
+
+
+def _bias_index(node: gs.Node) -> int | None:
+    if node.op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and node.inputs[2].name:
+        return 2
+    return None
+
+
+def _weight_axis(node: gs.Node, weight: np.ndarray, per_channel: bool) -> tuple[int | None, str | None]:
+    """The output-channel axis of a weight (explicit per op), or ``None`` for per-tensor."""
+    if not per_channel:
+        return None, None
+    if node.op == "Conv":
+        return 0, None
+    if node.op == "ConvTranspose":
+        if int(node.attrs.get("group", 1)) != 1:
+            return None, "grouped ConvTranspose: weight axis 1 is not the output channel; per-tensor"
+        return 1, None
+    if node.op == "Gemm":
+        return (0 if int(node.attrs.get("transB", 0)) else 1), None
+    if weight.ndim == 2:  # MatMul [K, N]
+        return 1, None
+    return None, f"MatMul weight of rank {weight.ndim}: per-tensor"
+
+
+def _clip_bounds(node: gs.Node) -> tuple[float | None, float | None]:
+    if "min" in node.attrs or "max" in node.attrs:  # opset < 11
+        return float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf))
+    bounds: list[float | None] = []
+    for i in (1, 2):
+        if len(node.inputs) > i and node.inputs[i].name:
+            value = constant_value(node.inputs[i])
+            bounds.append(None if value is None or value.size != 1 else float(value.reshape(())))
+        else:
+            bounds.append(-np.inf if i == 1 else np.inf)
+    return bounds[0], bounds[1]
+
+
+def _check(node: gs.Node, dtypes: Mapping[str, np.dtype | None]) -> str | None:
+    """Why ``node`` cannot be quantized, or ``None``."""
+    for i in _data_inputs(node):
+        tensor = node.inputs[i]
+        value = constant_value(tensor)
+        if value is not None and node.op not in ("Add", "Mul", "Concat"):
+            return f"input '{tensor.name}' is a constant"
+        dtype = value.dtype if value is not None else dtypes.get(tensor.name)
+        if dtype is None:
+            return f"element type of input '{tensor.name}' is unknown (shape inference could not tell)"
+        if np.dtype(dtype) != np.float32:
+            return f"input '{tensor.name}' is {np.dtype(dtype).name}; only float32 is quantized"
+    if not node.outputs:
+        return "node has no outputs"
+    if node.op in COMPUTE_OPS:
+        return _check_compute(node)
+    if node.op in ("Add", "Mul") and all(constant_value(t) is not None for t in node.inputs):
+        return "all inputs are constants (left for constant folding)"
+    if node.op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1].outputs:
+        return "MaxPool indices output is used"
+    if node.op == "Resize" and node.attrs.get("mode", "nearest") not in ("nearest", "linear"):
+        return f"Resize mode '{node.attrs.get('mode')}' can overshoot the input range"
+    if node.op == "Clip" and None in _clip_bounds(node):
+        return "Clip bounds are computed at run time"
+    return None
+
+
+def _check_compute(node: gs.Node) -> str | None:
+    if node.op == "MatMul":
+        if constant_value(node.inputs[0]) is not None:
+            return "constant first input of MatMul is not supported"
+        weight = constant_value(node.inputs[1])
+        if weight is not None and weight.dtype != np.float32:
+            return f"weight is {weight.dtype}; only float32 is quantized"
+        return None
+    weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None:
+        return "weight is computed at run time (not a constant initializer)"
+    if weight.dtype != np.float32:
+        return f"weight is {weight.dtype}; only float32 is quantized"
+    if _bias_index(node) is not None:
+        bias = constant_value(node.inputs[2])
+        if bias is None:
+            return "bias is computed at run time (not a constant initializer)"
+        if node.op == "Gemm" and (bias.ndim != 1 or float(node.attrs.get("beta", 1.0)) != 1.0):
+            return "Gemm bias must be a 1-D constant with beta=1 to become an int32 bias"
+    if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
+        return "Gemm with transA=1 is not fused by onnxruntime"
+    return None

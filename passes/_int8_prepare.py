@@ -1,0 +1,252 @@
+"""Getting a graph ready for the int8 pass: detect earlier quantization (and strip QDQ pairs when
+asked to requantize), upgrade the opset, give every node a unique name, read element types."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxopt.errors import PreconditionError
+from onnxopt.graph import constant_value, default_opset, export, import_graph, replace_contents
+
+logger = logging.getLogger(__name__)
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+#: integer kernels of the QOperator format (and onnxruntime's contrib integer ops)
+INTEGER_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul",
+    "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearConvTranspose",
+    "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere",
+    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization",
+    "MatMulNBits", "DequantizeLinearBlockwise"})
+#: the opset that gives QuantizeLinear/DequantizeLinear their per-channel ``axis``
+PER_CHANNEL_OPSET = 13
+QDQ_OPSET = 10
+
+
+def quantized_ops(graph: gs.Graph) -> Counter[str]:
+    """Ops that show the model is quantized already."""
+    return Counter(n.op for n in graph.nodes if n.op in QDQ_OPS | INTEGER_OPS)
+
+
+def check_not_quantized(graph: gs.Graph, requantize: bool) -> None:
+    found = quantized_ops(graph)
+    if not found:
+        return
+    listing = ", ".join(f"{op} x{count}" for op, count in sorted(found.items()))
+    integer = sorted(op for op in found if op in INTEGER_OPS)
+    if integer:
+        raise PreconditionError(
+            f"the model is already quantized ({listing}); integer kernels ({', '.join(integer)}) cannot be "
+            "requantized; start from the float model")
+    if not requantize:
+        raise PreconditionError(
+            f"the model is already quantized ({listing}); start from the float model, or give "
+            "requantize=true to strip its Q/DQ pairs and quantize again")
+
+
+def check_opset(graph: gs.Graph, per_channel: bool, upgrade: bool) -> None:
+    needed = PER_CHANNEL_OPSET if per_channel else QDQ_OPSET
+    opset = default_opset(graph)
+    if opset < needed and not upgrade:
+        what = "per-channel int8 (QuantizeLinear axis)" if per_channel else "QuantizeLinear/DequantizeLinear"
+        raise PreconditionError(
+            f"{what} needs opset >= {needed}, the model has opset {opset}; give upgrade_opset=true to convert "
+            f"it with the onnx version converter{', or per_channel=false' if per_channel else ''}")
+
+
+def upgrade_opset(graph: gs.Graph, version: int) -> str | None:
+    """Convert the graph to ``version`` with onnx's version converter; a note when it did."""
+    opset = default_opset(graph)
+    if opset >= version:
+        return None
+    model = export(graph)
+    model.ir_version = max(model.ir_version, 4)  # initializers need not be graph inputs from IR 4 on
+    try:
+        converted = onnx.version_converter.convert_version(model, version)
+    except (onnx.version_converter.ConvertError, RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PreconditionError(f"the onnx version converter cannot take opset {opset} to {version}: {first}") from exc
+    replace_contents(graph, import_graph(converted))
+    return f"opset upgraded from {opset} to {version} with the onnx version converter"
+
+
+def strip_qdq(graph: gs.Graph) -> int:
+    """Remove Q->DQ pairs and dequantize constant DQ inputs to float; returns pairs removed."""
+    removed = 0
+    for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
+        source = dq.inputs[0]
+        producer = source.inputs[0] if source.inputs else None
+        if producer is not None and producer.op == "QuantizeLinear":
+            _merge(producer.inputs[0], dq.outputs[0], graph)
+            removed += 1
+        elif constant_value(source) is not None:
+            value = _dequantize_constant(dq)
+            _merge(gs.Constant(f"{dq.outputs[0].name}_float", value), dq.outputs[0], graph)
+        dq.outputs.clear()
+    graph.cleanup(remove_unused_graph_inputs=False)
+    left = quantized_ops(graph)
+    if left:
+        raise PreconditionError(
+            f"requantize: {', '.join(f'{op} x{c}' for op, c in sorted(left.items()))} remain after removing "
+            "Q/DQ pairs (integer model inputs or outputs?); start from the float model")
+    return removed
+
+
+def _dequantize_constant(dq: gs.Node) -> np.ndarray:
+    q = constant_value(dq.inputs[0]).astype(np.float64)
+    scale = constant_value(dq.inputs[1]).astype(np.float64)
+    zero = (constant_value(dq.inputs[2]).astype(np.float64) if len(dq.inputs) > 2 and dq.inputs[2].name
+            else np.zeros_like(scale))
+    if scale.ndim == 1 and scale.size > 1:
+        axis = int(dq.attrs.get("axis", 1)) % q.ndim
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return np.asarray((q - zero) * scale, np.float32)
+
+
+def _merge(kept: gs.Tensor, replaced: gs.Tensor, graph: gs.Graph) -> None:
+    """Make every reader of ``replaced`` read ``kept`` (a graph output keeps its name via Identity)."""
+    for consumer in list(replaced.outputs):
+        for i, tensor in enumerate(consumer.inputs):
+            if tensor is replaced:
+                consumer.inputs[i] = kept
+    if any(t is replaced for t in graph.outputs):
+        replaced.inputs.clear()
+        graph.nodes.append(gs.Node("Identity", f"{replaced.name}_Identity", inputs=[kept], outputs=[replaced]))
+
+
+def has_foldable_nodes(graph: gs.Graph) -> bool:
+    """Whether constant folding has anything to do (a node computed from constants alone, or Shape)."""
+    for node in graph.nodes:
+        if node.op == "Shape":
+            return True
+        inputs = [t for t in node.inputs if not t.is_empty()]
+        if node.op != "Constant" and inputs and all(constant_value(t) is not None for t in inputs):
+            return True
+    return False
+
+
+def name_nodes(graph: gs.Graph) -> int:
+    """Give unnamed and duplicate-named nodes unique names (the plan refers to nodes by name)."""
+    seen: set[str] = set()
+    renamed = 0
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            base = node.name or f"{node.op}_{i}"
+            name, k = base, 1
+            while name in seen:
+                name, k = f"{base}_{k}", k + 1
+            node.name = name
+            renamed += 1
+        seen.add(node.name)
+    return renamed
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, ValueError) as exc:
+        logger.info("shape inference failed (%s); using declared types only", exc)
+        return model
+
+
+def element_types(model: onnx.ModelProto) -> Mapping[str, np.dtype | None]:
+    """Element type of every tensor that onnx shape inference can tell."""
+    g = _inferred(model).graph
+    types: dict[str, np.dtype | None] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+        types[vi.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else None
+    for init in g.initializer:
+        types[init.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+    return types
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    g = _inferred(model).graph
+    return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in list(g.input) + list(g.value_info)
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+
+
+def matmul_add_to_gemm(graph: gs.Graph) -> int:
+    """Turn ``MatMul(A, W) + b`` (A of rank 2, W and b constant) into ``Gemm(A, W, b)``.
+
+    onnxruntime does the same rewrite before it fuses Q/DQ groups; done afterwards, it leaves a
+    float Gemm. As a Gemm the bias becomes int32 inside QGemm, which also keeps the output in float.
+    """
+    ranks = _ranks(export(graph))
+    count = 0
+    for node in [n for n in graph.nodes if n.op == "MatMul"]:
+        a, w = node.inputs
+        out = node.outputs[0]
+        weight = constant_value(w)
+        if weight is None or weight.ndim != 2 or ranks.get(a.name) != 2 or len(out.outputs) != 1:
+            continue
+        add = out.outputs[0]
+        if add.op != "Add" or any(t is out for t in graph.outputs):
+            continue
+        bias_tensor = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+        bias = constant_value(bias_tensor)
+        if bias is None or bias.dtype != weight.dtype or bias.size != weight.shape[1] or bias.ndim > 2:
+            continue
+        gemm_bias = gs.Constant(f"{node.name}_gemm_bias", np.ascontiguousarray(bias.reshape(-1)))
+        graph.nodes.append(gs.Node("Gemm", node.name, inputs=[a, w, gemm_bias], outputs=list(add.outputs)))
+        add.outputs.clear()
+        node.outputs.clear()
+        count += 1
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return count
+
+
+def conv_add_to_bias(graph: gs.Graph) -> int:
+    """Fold ``Conv(x, W[, b]) + c`` with a constant per-channel ``c`` (shape [1, M, 1, 1] or [M, 1, 1])
+    into the Conv's bias, as onnxruntime does before fusing (CNTK exports write biases this way)."""
+    count = 0
+    for node in [n for n in graph.nodes if n.op == "Conv"]:
+        out = node.outputs[0]
+        weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        if weight is None or len(out.outputs) != 1 or any(t is out for t in graph.outputs):
+            continue
+        add = out.outputs[0]
+        if add.op != "Add":
+            continue
+        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+        value = constant_value(other)
+        channels = weight.shape[0]
+        if value is None or value.dtype != weight.dtype or value.ndim not in (weight.ndim - 1, weight.ndim):
+            continue
+        aligned = (1,) * (weight.ndim - value.ndim) + value.shape
+        if aligned != (1, channels) + (1,) * (weight.ndim - 2):
+            continue
+        has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
+        old = constant_value(node.inputs[2]) if has_bias else np.zeros(channels, weight.dtype)
+        if old is None:
+            continue
+        bias = gs.Constant(f"{node.name}_bias_folded", (old + value.reshape(-1)).astype(weight.dtype))
+        if len(node.inputs) > 2:
+            node.inputs[2] = bias
+        else:
+            node.inputs.append(bias)
+        node.outputs[0] = add.outputs[0]
+        add.outputs.clear()
+        count += 1
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return count
+
+
+def sum_to_add(graph: gs.Graph) -> int:
+    """Two-input ``Sum`` (Caffe2 residuals) becomes ``Add``, which has an integer kernel."""
+    count = 0
+    for node in graph.nodes:
+        if node.op == "Sum" and len(node.inputs) == 2 and node.domain in (None, "", "ai.onnx"):
+            node.op = "Add"
+            count += 1
+    return count
+

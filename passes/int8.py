@@ -1,0 +1,271 @@
+"""int8: calibrated static quantization in QDQ form that onnxruntime fuses into integer kernels.
+
+Weights become per-channel symmetric int8 (axis from an explicit per-op table; [-63, 63] by
+default so that x86 CPUs without VNNI cannot saturate their int16 pair sums), Conv/Gemm biases int32
+at scale ``s_x * s_w``; activations get uint8 asymmetric (or int8 symmetric) Q/DQ pairs whose ranges
+come from streaming observers (``onnxopt.calibration``), so calibration memory does not grow with
+the number of samples. ``_int8_prepare`` folds constants, BatchNorm, bias Adds and MatMul+Add first;
+``_int8_plan`` decides which nodes and tensors are quantized; ``_int8_emit`` writes the Q/DQ nodes.
+Afterwards the pass asks onnxruntime for its optimized graph and reports which layers became integer
+kernels and how far those kernels are from the Q/DQ reference. With ``max_drop`` it measures the
+drop on the calibration data and returns the layers with the largest own error to float, one at a
+time, until the budget holds (``_int8_measure``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxopt.calibration import Method, Observer, QParams, qparams_from_range
+from onnxopt.errors import PreconditionError
+from onnxopt.graph import export, import_graph, replace_contents
+from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
+from passes._int8_emit import EmitResult, apply_plan
+from passes._int8_measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
+                                  measure_budget)
+from passes._int8_plan import Plan, PlanSettings, candidate_tensors, make_plan
+from passes._int8_prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
+                                  conv_add_to_bias, element_types, has_foldable_nodes, matmul_add_to_gemm,
+                                  name_nodes, strip_qdq, sum_to_add, upgrade_opset)
+from passes.canonical import ConstantFolding, FoldBatchNorm
+
+logger = logging.getLogger(__name__)
+
+#: fused-vs-reference output difference (fraction of the output range) worth a note
+_KERNEL_DEVIATION = 0.02
+#: constant folding in ``prepare`` materialises weights of any size (ConstantOfShape placeholders too)
+_NO_LIMIT = 1 << 62
+
+
+@dataclass(kw_only=True)
+class Int8(Pass):
+    name: ClassVar[str] = "int8"
+    summary: ClassVar[str] = ("Static int8 quantization (QDQ): per-channel int8 weights, int32 biases, "
+                              "activations calibrated by streaming observers; checks onnxruntime's fusion.")
+    needs_calibration: ClassVar[bool] = True
+    lossy: ClassVar[bool] = True
+    idempotent: ClassVar[bool] = False  # a quantized model is refused, not requantized
+    # Outputs move by up to a few quantization steps, so no elementwise bound holds; top-1 agreement
+    # with float stays >= 0.95 on small classifiers calibrated with a few hundred samples.
+    tolerance: ClassVar[Tolerance] = Tolerance(rtol=math.inf, atol=math.inf, min_agreement=0.95)
+
+    method: Method = field(default="minmax", metadata={
+        "help": "activation range: minmax, percentile, entropy (KL) or mse (least expected squared error)"})
+    percentile: float = field(default=99.999, metadata={"help": "percentile of |x| kept by method=percentile"})
+    bins: int = field(default=2048, metadata={
+        "help": "histogram bins per tensor for percentile/entropy/mse (memory per tensor is fixed)"})
+    per_channel: bool = field(default=True, metadata={
+        "help": "one weight scale per output channel (needs opset >= 13); false: one per tensor"})
+    activation_type: Literal["uint8", "int8"] = field(default="uint8", metadata={
+        "help": "uint8 asymmetric (default) or int8 symmetric activations"})
+    reduce_range: bool = field(default=True, metadata={
+        "help": "int8 weights in [-63, 63]: x86 CPUs without VNNI multiply uint8 x int8 pairs into a saturating "
+                "int16 (vpmaddubsw), which full-range weights can overflow; false: [-127, 127] (VNNI, ARM)"})
+    exclude_ops: tuple[str, ...] = field(default=(), metadata={"help": "op types left in float"})
+    exclude_nodes: tuple[str, ...] = field(default=(), metadata={"help": "node names left in float"})
+    keep_first_last: bool = field(default=False, metadata={
+        "help": "keep the first and the last compute layer in float"})
+    max_drop: float | None = field(default=None, metadata={
+        "help": "accuracy budget in percentage points on the calibration data (accuracy if it has labels, "
+                "else top-1 agreement); most sensitive layers go back to float until it holds"})
+    batch_size: int = field(default=8, metadata={"help": "samples per calibration inference"})
+    calibration_samples: int | None = field(default=None, metadata={
+        "help": "use at most this many calibration samples (default: all)"})
+    prepare: bool = field(default=True, metadata={
+        "help": "first fold constants, BatchNormalization and bias Adds into the preceding layer, MatMul+Add into Gemm "
+                "(what onnxruntime's quant_pre_process does), so layers quantize whole"})
+    requantize: bool = field(default=False, metadata={
+        "help": "accept a QDQ model: strip its Q/DQ pairs and quantize again"})
+    upgrade_opset: bool = field(default=False, metadata={
+        "help": f"convert older models to opset {PER_CHANNEL_OPSET} with the onnx version converter"})
+
+    @property
+    def symmetric(self) -> bool:
+        return self.activation_type == "int8"
+
+    def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
+        problems = [msg for bad, msg in (
+            (self.batch_size < 1, "batch_size must be >= 1"),
+            (self.calibration_samples is not None and self.calibration_samples < 1, "calibration_samples must be >= 1"),
+            (self.max_drop is not None and self.max_drop < 0, "max_drop must be >= 0 (percentage points)"),
+            (self.bins < 16, "bins must be >= 16"),
+            (not 50.0 < self.percentile <= 100.0, "percentile must be in (50, 100]"),
+        ) if bad]
+        if problems:
+            raise PreconditionError(f"int8: {'; '.join(problems)}")
+        check_not_quantized(graph, self.requantize)
+        check_opset(graph, self.per_channel, self.upgrade_opset)
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
+        report = PassReport(self.name)
+        self._prepare(graph, ctx, report)
+        float_model = export(graph)
+        dtypes = element_types(float_model)
+        plan = make_plan(graph, self._plan_settings({}), dtypes)
+        if not plan.layers:
+            report.notes.append("no float32 Conv/ConvTranspose/Gemm/MatMul layer can be quantized; model unchanged")
+            _add_skips(report, plan)
+            return report
+        if ctx.calibration is None:
+            raise PreconditionError("int8 needs calibration data; give --calib (CLI) or calibration= (API)")
+        data = Limited(ctx.calibration, self.calibration_samples)
+        run = RunOptions(self.batch_size, tuple(ctx.providers), ctx.threads, ctx.progress)
+        names = candidate_tensors(graph, dtypes) if self.max_drop is not None else plan.observed
+        observers = calibrate(float_model, names, data, self.method, self._observer_options(), run)
+        samples = data.seen
+        if self.max_drop is None:
+            params = self._params(observers, plan)
+            emitted = apply_plan(graph, plan, params, dedicated=self.symmetric)
+            graph.cleanup(remove_unused_graph_inputs=False)
+            model = export(graph, float_model)
+        else:
+            model, plan, emitted = self._meet_budget(float_model, dtypes, plan, observers, data, run, report)
+            params = self._params(observers, plan)
+            replace_contents(graph, import_graph(model))
+        self._describe(report, plan, emitted, observers, params, samples, ctx)
+        probe = next(iter(data.batches(self.batch_size)))
+        hint = "another provider or kernel?" if self.reduce_range else "int16 saturation? reduce_range=true avoids it"
+        _note_fusion(report, fusion_report(model, plan, ctx.providers, probe), ctx.providers, hint)
+        return report
+
+    # -- steps --------------------------------------------------------------------------------
+    def _prepare(self, graph: gs.Graph, ctx: PassContext, report: PassReport) -> None:
+        if self.upgrade_opset:
+            note = upgrade_opset(graph, PER_CHANNEL_OPSET if self.per_channel else QDQ_OPSET)
+            if note:
+                report.notes.append(note)
+        if self.requantize and any(n.op == "DequantizeLinear" for n in graph.nodes):
+            report.notes.append(f"requantize: removed {strip_qdq(graph)} Q/DQ pair(s) of the input model")
+        renamed = name_nodes(graph)
+        if self.prepare:
+            folded = 0
+            if has_foldable_nodes(graph):  # weights must be constants, whatever their size
+                folded = ConstantFolding(size_threshold_bytes=_NO_LIMIT).run(graph, ctx).changes
+            has_bn = any(n.op == "BatchNormalization" for n in graph.nodes)
+            batchnorm = FoldBatchNorm().run(graph, ctx) if has_bn else None
+            graph.cleanup(remove_unused_graph_inputs=False)
+            report.details["prepared"] = {
+                "constants_folded": folded, "batchnorm_folded": batchnorm.changes if batchnorm else 0,
+                "sum_to_add": sum_to_add(graph), "conv_add_to_bias": conv_add_to_bias(graph),
+                "matmul_add_to_gemm": matmul_add_to_gemm(graph)}
+            renamed += name_nodes(graph)
+        if renamed:
+            report.notes.append(f"gave {renamed} unnamed or duplicate-named node(s) unique names")
+        graph.toposort()
+
+    def _plan_settings(self, keep_float: Mapping[str, str]) -> PlanSettings:
+        return PlanSettings(symmetric=self.symmetric, per_channel=self.per_channel,
+                            weight_bound=63 if self.reduce_range else 127,
+                            exclude_ops=frozenset(self.exclude_ops), exclude_nodes=frozenset(self.exclude_nodes),
+                            keep_first_last=self.keep_first_last, keep_float=dict(keep_float))
+
+    def _params(self, observers: Mapping[str, Observer], plan: Plan) -> dict[str, QParams]:
+        """Scale and zero point per tensor: the method's range, the full range where the quantized
+        region ends (see ``Plan.exits``)."""
+        full = set(plan.exits)
+        return {name: (qparams_from_range(obs.lo, obs.hi, self.activation_type, self.symmetric) if name in full
+                       and not obs.empty else obs.qparams(self.activation_type, self.symmetric))
+                for name, obs in observers.items()}
+
+    def _observer_options(self) -> dict[str, float | int]:
+        if self.method == "minmax":
+            return {}
+        if self.method == "percentile":
+            return {"bins": self.bins, "percentile": self.percentile}
+        return {"bins": self.bins}
+
+    def _build(self, float_model: onnx.ModelProto, plan: Plan,
+               params: Mapping[str, QParams]) -> tuple[onnx.ModelProto, EmitResult]:
+        graph = import_graph(float_model)
+        emitted = apply_plan(graph, plan, params, dedicated=self.symmetric)
+        graph.cleanup(remove_unused_graph_inputs=False)
+        return export(graph, float_model), emitted
+
+    def _meet_budget(self, float_model: onnx.ModelProto, dtypes: Mapping[str, np.dtype | None], plan: Plan,
+                     observers: Mapping[str, Observer], data: Limited, run: RunOptions,
+                     report: PassReport) -> tuple[onnx.ModelProto, Plan, EmitResult]:
+        """Return the layers with the largest own error to float, one at a time, until the drop fits."""
+        assert self.max_drop is not None
+        params = self._params(observers, plan)
+        model, emitted = self._build(float_model, plan, params)
+        errors = layer_errors(float_model, plan, params, data, run)
+        budget = measure_budget(float_model, model, data, run)
+        steps = [{"returned": None, **budget.to_dict()}]
+        keep: dict[str, str] = {}
+        for layer in sorted(errors, key=lambda name: errors[name], reverse=True):
+            if budget.drop <= self.max_drop:
+                break
+            keep[layer] = (f"returned to float by the accuracy budget (max_drop={self.max_drop}, "
+                           f"layer NMSE {errors[layer]:.3g})")
+            plan = make_plan(import_graph(float_model), self._plan_settings(keep), dtypes)
+            model, emitted = self._build(float_model, plan, self._params(observers, plan))
+            budget = measure_budget(float_model, model, data, run)
+            steps.append({"returned": layer, **budget.to_dict()})
+        met = budget.drop <= self.max_drop
+        report.details["budget"] = {
+            "max_drop": self.max_drop, "met": met, "returned_to_float": list(keep), "steps": steps,
+            "layer_nmse": {k: float(f"{v:.4g}") for k, v in sorted(errors.items(), key=lambda kv: -kv[1])}}
+        if not met:
+            report.notes.append(f"accuracy budget not met: {budget.metric} drop {budget.drop:.2f} pp > "
+                                f"{self.max_drop} pp with every quantized layer tried")
+        return model, plan, emitted
+
+    def _describe(self, report: PassReport, plan: Plan, emitted: EmitResult, observers: Mapping[str, Observer],
+                  params: Mapping[str, QParams], samples: int, ctx: PassContext) -> None:
+        _add_skips(report, plan)
+        report.notes.extend(plan.notes + emitted.notes)
+        report.changes = len(plan.nodes)
+        assert ctx.calibration is not None
+        if ctx.calibration.synthetic:
+            report.notes.append("calibration data is synthetic (random): ranges do not reflect real inputs")
+        nonfinite = sorted(name for name, obs in observers.items() if obs.nonfinite)
+        if nonfinite:
+            report.notes.append(f"NaN/inf values ignored during calibration in: {', '.join(nonfinite[:8])}")
+        used = {source for source in plan.tensors.values()}
+        report.details.update({
+            "method": self.method, "activation_type": self.activation_type, "per_channel": self.per_channel,
+            "calibration": {"samples": samples, "source": ctx.calibration.description,
+                            "observed_tensors": len(observers)},
+            "quantized_ops": plan.op_counts(),
+            "layers": len(plan.layers),
+            "qdq_pairs": emitted.qdq_pairs, "int8_weights": emitted.weights, "int32_biases": emitted.biases,
+            "relu_clip_as_clamp": list(plan.folded), "float_outputs": list(plan.float_outputs),
+            "ranges": {name: _range_entry(observers[name], params[name]) for name in plan.tensors
+                       if name in used and name in observers},
+        })
+
+
+def _range_entry(observer: Observer, qp: QParams) -> dict[str, Any]:
+    low, high = qp.representable
+    return {"min": _round(observer.lo), "max": _round(observer.hi), "clip": [_round(low), _round(high)],
+            "scale": _round(qp.scale), "zero_point": qp.zero_point}
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.6g}") if math.isfinite(value) else value
+
+
+def _note_fusion(report: PassReport, fused: dict[str, Any], providers: tuple[str, ...], hint: str) -> None:
+    report.details["fusion"] = fused
+    missing = fused["layers"] - fused["integer_layers"]
+    if missing > 0:
+        named = f": {', '.join(fused['unfused_layers'][:8])}" if fused["unfused_layers"] else ""
+        report.notes.append(
+            f"onnxruntime ({', '.join(providers)}) ran {missing} of {fused['layers']} quantized layer(s) in float, "
+            f"with Q/DQ around them (no integer kernel for that case){named}")
+    if fused["kernel_deviation"] > _KERNEL_DEVIATION:
+        report.notes.append(
+            f"onnxruntime's fused integer kernels differ from the Q/DQ reference by {fused['kernel_deviation']:.1%} "
+            f"of the output range ({hint})")
+
+
+def _add_skips(report: PassReport, plan: Plan) -> None:
+    for skip in plan.skipped:
+        report.skip(skip.target, skip.reason)
