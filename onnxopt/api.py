@@ -111,4 +111,6 @@ def optimize(
         report.comparison = compare(
             original, result.model, data, providers=providers, threads=threads, batch_size=batch_size,
             latency_runs=latency_runs, progress=progress)
+        report.comparison.model_a = f"{source} (original)"
+        report.comparison.model_b = f"{out_path} (optimized)" if out_path else "optimized model (not saved)"
     return OptimizeResult(result.model, report)

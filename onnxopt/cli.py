@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", default=None, help="calibration data: .npz, .npy folder, test_data_set folders, images")
     p.add_argument("--eval", dest="evaluation", default=None,
                    help="evaluation data (with labels for accuracy); 'random' for latency only (default)")
+    p.add_argument("--no-eval", action="store_true",
+                   help="write the model without comparing it to the original (no accuracy or latency)")
     _add_runtime_args(p)
     _add_output_args(p)
 
@@ -168,9 +170,12 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     passes.extend(args.passes or [])
     if not passes:
         raise OnnxoptError(f"give at least one --pass (or --recipe); passes: {', '.join(registry.names())}")
+    if args.no_eval and args.evaluation is not None:
+        raise OnnxoptError("--eval and --no-eval contradict each other: give one")
     output = args.output or args.model.with_name(args.model.stem + ".opt.onnx")
+    evaluation = None if args.no_eval else args.evaluation or "random"
     result = optimize(
-        args.model, passes, calibration=args.calib, evaluation=args.evaluation or "random", output=output,
+        args.model, passes, calibration=args.calib, evaluation=evaluation, output=output,
         progress=not args.no_progress and not args.json, data_options=_data_options(args), **_measure_kwargs(args))
     _emit(args, result.report.to_dict(), lambda: print_optimize_report(result.report))
     return 0

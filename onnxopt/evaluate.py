@@ -435,6 +435,11 @@ def claim_warnings(cmp: Comparison, model_a: onnx.ModelProto, model_b: onnx.Mode
                            "CPUs that have them")
     if cmp.latency is not None:
         lat = cmp.latency
+        frozen_a, frozen_b = _initializer_inputs(model_a), _initializer_inputs(model_b)
+        if frozen_a > frozen_b:
+            out.append(f"model A lists {frozen_a} initializer(s) as graph inputs (an IR < 4 export habit), which "
+                       "stops onnxruntime from folding and fusing them (e.g. BatchNormalization into Conv); B lists "
+                       f"{frozen_b}: part of the latency ratio comes from that, not from the passes alone")
         if not lat.significant:
             out.append(f"latency ratio B/A {lat.ratio:.3f} is inside this run's noise band (per-pair ratios "
                        f"p10–p90 {lat.ratio_p10:.3f}–{lat.ratio_p90:.3f}): no measured speed difference")
@@ -446,6 +451,11 @@ def claim_warnings(cmp: Comparison, model_a: onnx.ModelProto, model_b: onnx.Mode
         elif cmp.threads > (os.cpu_count() or cmp.threads):
             out.append(f"{cmp.threads} threads on {os.cpu_count()} CPU cores: oversubscribed, latency is unreliable")
     return out
+
+
+def _initializer_inputs(model: onnx.ModelProto) -> int:
+    names = {t.name for t in model.graph.initializer}
+    return sum(i.name in names for i in model.graph.input)
 
 
 def _uses_float16(model: onnx.ModelProto) -> bool:

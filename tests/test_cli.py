@@ -79,6 +79,18 @@ def test_inspect_and_passes(model_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 0 and "fold-batchnorm" in out
 
 
+def test_no_eval_writes_the_model_without_a_comparison(tmp_path: Path, model_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out_path = tmp_path / "out.onnx"
+    code, out, err = _run(capsys, "optimize", str(model_path), "-o", str(out_path), "--pass", "eliminate-identity",
+                          "--no-eval", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["comparison"] is None
+    assert report["output"] == str(out_path.resolve()) or report["output"] == str(out_path)
+    onnx.checker.check_model(onnx.load(str(out_path)), full_check=True)
+
+
 def _bad_npz(tmp_path: Path, **arrays: np.ndarray) -> str:
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
@@ -97,6 +109,8 @@ def _bad_npz(tmp_path: Path, **arrays: np.ndarray) -> str:
         ("bad_dtype", "dtype"),
         ("empty", "empty"),
         ("unknown_pass", "unknown pass"),
+        ("bad_calib", "shape"),
+        ("eval_and_no_eval", "contradict"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(case: str, match: str, tmp_path: Path, model_path: Path,
@@ -126,6 +140,10 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, match: str, tmp_path: P
         data = _bad_npz(tmp_path, input=np.zeros((0, 4), np.float32))
     elif case == "unknown_pass":
         args = ["--pass", "frobnicate"]
+    elif case == "bad_calib":
+        args += ["--calib", _bad_npz(tmp_path, input=np.zeros((2, 4, 1), np.float32))]
+    elif case == "eval_and_no_eval":
+        args += ["--no-eval", "--eval", "random"]
     before = model_path.read_bytes()
     if data is not None:
         args += ["--eval", data]

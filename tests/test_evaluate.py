@@ -269,6 +269,20 @@ def test_supported_claims_raise_no_warnings() -> None:
     assert claim_warnings(cmp, model, model) == []
 
 
+def test_initializers_listed_as_inputs_in_a_only_are_called_out() -> None:
+    # setup: A lists its initializers as graph inputs (IR 3 habit), B does not
+    b = _quantized_model()
+    a = onnx.ModelProto()
+    a.CopyFrom(b)
+    a.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in a.graph.initializer)
+    cmp = _comparison(b, latency=_latency(0.5, 0.6))
+    # execute
+    warnings = claim_warnings(cmp, a, b)
+    # assert
+    assert any("2 initializer(s) as graph inputs" in w for w in warnings), warnings
+    assert not any("graph inputs" in w for w in claim_warnings(cmp, b, a))
+
+
 # -- CPU features ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("text", "machine", "int8_dot", "flags"), [
