@@ -8,6 +8,7 @@ single source of truth.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", type=Path)
     i.add_argument("--json", action="store_true")
 
-    sub.add_parser("passes", help="list the passes and their settings")
+    ps = sub.add_parser("passes", help="list the passes and their settings")
+    ps.add_argument("--json", action="store_true", help="print the list as JSON instead of a table")
 
     u = sub.add_parser("unpack", help="turn a binary-packed model back into a plain float model")
     u.add_argument("model", type=Path)
@@ -214,8 +216,20 @@ def _cmd_passes(args: argparse.Namespace) -> int:
     from onnxopt.registry import default_registry
     from onnxopt.render import print_pass_list
 
-    print_pass_list(default_registry().classes())
+    classes = default_registry().classes()
+    if args.json:
+        print(json.dumps([_pass_entry(cls) for cls in classes], indent=2, default=_json_default))
+    else:
+        print_pass_list(classes)
     return 0
+
+
+def _pass_entry(cls: Any) -> dict[str, Any]:
+    return {
+        "name": cls.name, "summary": cls.summary, "lossy": cls.lossy,
+        "calibration": "needed" if cls.needs_calibration else "optional" if cls.uses_calibration else "none",
+        "settings": [dataclasses.asdict(s) for s in cls.settings()],
+    }
 
 
 def _cmd_unpack(args: argparse.Namespace) -> int:

@@ -104,6 +104,8 @@ class Pass:
     name: ClassVar[str]
     summary: ClassVar[str]
     needs_calibration: ClassVar[bool] = False
+    #: uses calibration data when given (range guards, recovery, refits) but runs without it
+    uses_calibration: ClassVar[bool] = False
     lossy: ClassVar[bool] = False
     idempotent: ClassVar[bool] = True
     tolerance: ClassVar[Tolerance] = EXACT

@@ -176,7 +176,8 @@ def render_pass_list(classes: Sequence[type[Pass]]) -> RenderableType:
         for setting in cls.settings():
             help_text = f" — {setting.help}" if setting.help else ""
             cell.append(f"\n  {setting.name}: {setting.type_name} = {setting.default!r}{help_text}", style="dim")
-        table.add_row(cls.name, "yes" if cls.lossy else "no", "needed" if cls.needs_calibration else "—", cell)
+        calibration = "needed" if cls.needs_calibration else "optional" if cls.uses_calibration else "—"
+        table.add_row(cls.name, "yes" if cls.lossy else "no", calibration, cell)
     return table
 
 

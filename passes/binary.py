@@ -49,6 +49,7 @@ class BinaryWeights(Pass):
                               "(~30x smaller layers), refit on calibration data when given")
     needs_calibration: ClassVar[bool] = False
     lossy: ClassVar[bool] = True
+    uses_calibration: ClassVar[bool] = True
     idempotent: ClassVar[bool] = True
     # Outputs change a lot (no elementwise bound). Top-1 agreement with the float model on the bundled
     # models' eval data at default settings with their calibration data (refit): 0.926 resnet_fmnist,

@@ -50,6 +50,7 @@ class Fp16(Pass):
     name: ClassVar[str] = "fp16"
     summary: ClassVar[str] = "convert float32 weights and compute to float16 (mixed precision where needed)"
     lossy: ClassVar[bool] = True
+    uses_calibration: ClassVar[bool] = True
     # float16 keeps 11 significant bits (unit roundoff 4.9e-4). On the bundled models' evaluation sets
     # the logits move by at most 7.4e-3 (vgg_digits, logits up to 55) and argmax agrees on 100%
     # (docs/BENCHMARKS.md); 2e-2 leaves room for deeper models without hiding a broken conversion.

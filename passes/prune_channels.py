@@ -42,6 +42,7 @@ class PruneChannels(Pass):
     name: ClassVar[str] = "prune-channels"
     summary: ClassVar[str] = "remove unimportant channels (coupled groups) from Conv/Gemm/MatMul layers"
     lossy: ClassVar[bool] = True
+    uses_calibration: ClassVar[bool] = True
     idempotent: ClassVar[bool] = False  # the adaptive threshold looks at what is left each time
     # No elementwise bound (pruning changes outputs by design); at the default settings the
     # bundled models keep >= 97% top-1 agreement (tests/test_contract.py, docs/BENCHMARKS.md).

@@ -42,6 +42,7 @@ class RemoveBlocks(Pass):
     name: ClassVar[str] = "remove-blocks"
     summary: ClassVar[str] = "remove the least important residual blocks y = x + f(x) (x goes straight through)"
     lossy: ClassVar[bool] = True
+    uses_calibration: ClassVar[bool] = True
     idempotent: ClassVar[bool] = False  # with count > 0 every run removes more blocks
     # No elementwise bound; the default (threshold 0, count 0) removes only blocks that are dead.
     tolerance: ClassVar[Tolerance] = Tolerance(rtol=math.inf, atol=math.inf, min_agreement=0.97)

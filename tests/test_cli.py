@@ -77,6 +77,13 @@ def test_inspect_and_passes(model_path: Path, capsys: pytest.CaptureFixture[str]
     assert {p["name"]: p["status"] for p in info["passes"]}["eliminate-identity"] == "would change"
     code, out, _ = _run(capsys, "passes")
     assert code == 0 and "fold-batchnorm" in out
+    code, out, _ = _run(capsys, "passes", "--json")
+    entries = {p["name"]: p for p in json.loads(out)}
+    assert code == 0
+    assert (entries["int8"]["calibration"], entries["prune-channels"]["calibration"],
+            entries["cleanup"]["calibration"]) == ("needed", "optional", "none")
+    assert {"name": "method", "type_name": "minmax|percentile|entropy|mse", "default": "minmax"} \
+        .items() <= next(s for s in entries["int8"]["settings"] if s["name"] == "method").items()
 
 
 def test_no_eval_writes_the_model_without_a_comparison(tmp_path: Path, model_path: Path,
