@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from onnxopt.pass_base import Pass
 from passes.binary import BinaryWeights
-from passes.canonical import (
-    ConstantFolding,
-    DeadNodeCleanup,
-    EliminateIdentity,
-    FoldBatchNorm,
-    ShapeInference,
-)
+from passes.canonical import DeadNodeCleanup, EliminateIdentity, ShapeInference
+from passes.fold_batchnorm import FoldBatchNorm
+from passes.fold_constants import ConstantFolding
 from passes.fp16 import Fp16
 from passes.int8 import Int8
 from passes.prune_channels import PruneChannels

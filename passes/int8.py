@@ -34,7 +34,8 @@ from passes._int8_plan import Plan, PlanSettings, candidate_tensors, make_plan
 from passes._int8_prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
                                   conv_add_to_bias, element_types, has_foldable_nodes, matmul_add_to_gemm,
                                   name_nodes, strip_qdq, sum_to_add, upgrade_opset)
-from passes.canonical import ConstantFolding, FoldBatchNorm
+from passes.fold_batchnorm import FoldBatchNorm
+from passes.fold_constants import ConstantFolding
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.pass_base import PassContext, PassReport
-from passes.canonical import (
-    ConstantFolding,
-    DeadNodeCleanup,
-    EliminateIdentity,
-    FoldBatchNorm,
-    ShapeInference,
-)
+from passes.canonical import DeadNodeCleanup, EliminateIdentity, ShapeInference
+from passes.fold_batchnorm import FoldBatchNorm
+from passes.fold_constants import ConstantFolding
 from conftest import BUNDLED_MODELS, apply_pass, bundled, import_graph, op_counts, parse, run_model
 
 BN_RTOL, BN_ATOL = 1e-4, 1e-5
