@@ -123,7 +123,8 @@ class ConstantFolding(Pass):
 
     def _fold(self, g: gs.Graph, root: gs.Graph, report: PassReport) -> None:
         values, candidates = self._candidates(g, report)
-        constants = {t.name: t.values for n in candidates for t in n.inputs if isinstance(t, gs.Constant)}
+        constants = {t.name: _value(t, values) for n in candidates for t in n.inputs
+                     if isinstance(t, gs.Constant) or t.name in values}  # initializers and lowered Constant nodes
         try:
             values.update(_evaluate(candidates, constants, root))
             folded = {id(n) for n in candidates}

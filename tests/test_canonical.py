@@ -301,6 +301,31 @@ def test_static_shape_arithmetic_and_constant_add_fold() -> None:
     assert_same(model, optimized, {"x": x})
 
 
+def test_constants_from_constant_nodes_fold_in_one_onnxruntime_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    # setup: a chain of foldable nodes fed by Constant nodes (exporters write weights that way)
+    import passes.fold_constants as fold_constants
+
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3] x) => (float[2, 3] y) {
+            a = Constant<value = float[3] {1.0, 2.0, 3.0}>()
+            b = Constant<value = float[3] {0.5, 0.25, 0.125}>()
+            ab = Mul(a, b)
+            c = Sqrt(ab)
+            y = Add(x, c)
+        }""")
+    calls: list[int] = []
+    evaluate = fold_constants._evaluate
+    monkeypatch.setattr(fold_constants, "_evaluate", lambda nodes, *rest: calls.append(len(nodes)) or evaluate(nodes, *rest))
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    # execute
+    optimized, report = apply_pass(ConstantFolding(), model)
+    # assert: both nodes evaluated together, not node by node after a failed batch
+    assert calls == [2]
+    assert op_counts(optimized) == {"Add": 1}
+    assert_same(model, optimized, {"x": x})
+
+
 def test_dynamic_dims_stay_and_static_dims_fold() -> None:
     model = parse("""
         <ir_version: 8, opset_import: ["" : 17]>
