@@ -44,7 +44,7 @@ def make_session(
         options.inter_op_num_threads = 1
     if optimized_model_path is not None:
         options.optimized_model_filepath = optimized_model_path
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: failures surface as our one-line errors, not as raw logs
     available = set(ort.get_available_providers())
     missing = [p for p in providers if p not in available]
     if missing:

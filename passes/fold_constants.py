@@ -125,11 +125,13 @@ class ConstantFolding(Pass):
         values, candidates = self._candidates(g, report)
         constants = {t.name: _value(t, values) for n in candidates for t in n.inputs
                      if isinstance(t, gs.Constant) or t.name in values}  # initializers and lowered Constant nodes
-        try:
-            values.update(_evaluate(candidates, constants, root))
-            folded = {id(n) for n in candidates}
-        except Exception:  # noqa: BLE001 - onnxruntime's exception types are not public; retry node by node
-            folded = self._fold_one_by_one(candidates, values, root, report)
+        folded: set[int] = set()
+        if candidates:
+            try:
+                values.update(_evaluate(candidates, constants, root))
+                folded = {id(n) for n in candidates}
+            except Exception:  # noqa: BLE001 - onnxruntime's exception types are not public; retry node by node
+                folded = self._fold_one_by_one(candidates, values, root, report)
         folded.update(id(n) for n in g.nodes if n.op == "Constant" and n.outputs[0].name in values)
         for node in g.nodes:
             if id(node) not in folded:
