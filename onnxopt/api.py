@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import onnx
 
 from onnxopt.data import DataSource, open_data
-from onnxopt.evaluate import compare
+from onnxopt.evaluate import check_measurement, compare
 from onnxopt.model_io import load_model, save_model
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.pipeline import Pipeline
@@ -86,31 +86,53 @@ def optimize(
     calib: DataSource | None = None
     if calibration is not None:
         calib = open_data(calibration, original, seed=seed, **options)
-        if calib.synthetic:
-            logger.warning("calibrating on random data: ranges will not match real inputs")
     data: DataSource | None = None
     if evaluation is not None:
         data = open_data(evaluation, original, seed=seed, **options)
     for source_ in (calib, data):  # bad data must fail before anything is computed or written
         if source_ is not None:
             source_.check()
+    if data is not None:
+        check_measurement(providers, threads, batch_size, latency_runs)
     ctx = PassContext(calibration=calib, seed=seed, providers=tuple(providers), threads=threads, progress=progress)
     result = Pipeline(pass_objs).run(original, ctx)
-    out_path = None
-    if output is not None:
-        input_path = None if isinstance(model, onnx.ModelProto) else Path(model)
-        out_path = str(save_model(result.model, output, input_path=input_path))
     report = OptimizeReport(
-        source=source, output=out_path, passes=result.reports,
+        source=source, output=None, passes=result.reports,
         before=model_stats(original), after=model_stats(result.model),
         calibration=None if calib is None else calib.description,
     )
-    if calib is not None and calib.synthetic:
-        report.warnings.append("calibration used random data: quantization ranges and recovery do not reflect real inputs")
-    if data is not None:
+    report.warnings.extend(_input_warnings(original, calib, calibration, evaluation))
+    if data is not None:  # measured before writing: a failed measurement leaves nothing behind
         report.comparison = compare(
             original, result.model, data, providers=providers, threads=threads, batch_size=batch_size,
             latency_runs=latency_runs, progress=progress)
+    if output is not None:
+        input_path = None if isinstance(model, onnx.ModelProto) else Path(model)
+        report.output = str(save_model(result.model, output, input_path=input_path))
+    if report.comparison is not None:
         report.comparison.model_a = f"{source} (original)"
-        report.comparison.model_b = f"{out_path} (optimized)" if out_path else "optimized model (not saved)"
+        report.comparison.model_b = f"{report.output} (optimized)" if report.output else "optimized model (not saved)"
     return OptimizeResult(result.model, report)
+
+
+def _input_warnings(model: onnx.ModelProto, calib: DataSource | None, calibration: Any, evaluation: Any) -> list[str]:
+    """What the user should know about their inputs before trusting the report."""
+    out = []
+    overridable = [i.name for i in model.graph.input if i.name in {t.name for t in model.graph.initializer}]
+    if overridable:
+        shown = ", ".join(overridable[:3]) + (", ..." if len(overridable) > 3 else "")
+        out.append(f"the model lists {len(overridable)} initializer(s) as graph inputs ({shown}): onnxopt treats "
+                   "them as constants, so the optimized model no longer accepts them as inputs")
+    if calib is not None and calib.synthetic:
+        out.append("calibration used random data: quantization ranges and recovery do not reflect real inputs")
+    if _same_data(calibration, evaluation):
+        out.append("the evaluation data is the calibration data: accuracy is measured in-sample and overstates "
+                   "what unseen inputs get; evaluate on held-out samples")
+    return out
+
+
+def _same_data(a: Any, b: Any) -> bool:
+    if not isinstance(a, (str, os.PathLike)) or not isinstance(b, (str, os.PathLike)):
+        return a is not None and a is b
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and os.path.samefile(pa, pb)

@@ -15,18 +15,32 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from onnxopt.errors import OnnxoptError
+from onnxopt.errors import OnnxoptError, PostconditionError
 
 logger = logging.getLogger(__name__)
+
+
+def _at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return value
+    return parse
 
 
 def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("measurement")
     group.add_argument("--provider", action="append", default=None,
                        help="onnxruntime execution provider (repeatable; default CPUExecutionProvider)")
-    group.add_argument("--threads", type=int, default=None, help="intra-op threads for measurements (default 1)")
-    group.add_argument("--batch-size", type=int, default=None, help="batch size for data (default 32)")
-    group.add_argument("--latency-runs", type=int, default=None, help="paired latency runs (default 50)")
+    group.add_argument("--threads", type=_at_least(1), default=None,
+                       help="intra-op threads for measurements (default 1)")
+    group.add_argument("--batch-size", type=_at_least(1), default=None, help="batch size for data (default 32)")
+    group.add_argument("--latency-runs", type=_at_least(0), default=None,
+                       help="paired latency runs (default 50; 0: no latency)")
     group.add_argument("--seed", type=int, default=None, help="seed for random data and passes (default 0)")
     group.add_argument("--preprocess", default=None,
                        help="image folder preprocessing, e.g. resize=256,crop=224,scale=0.00392,order=RGB")
@@ -88,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return _COMMANDS[args.command](args)
+    except PostconditionError as exc:  # a pass broke its own promise: our bug, not the user's input
+        if args.debug:
+            raise
+        print(f"onnxopt: internal error: {exc} (nothing was written; rerun with --debug and report it)",
+              file=sys.stderr)
+        return 1
     except OnnxoptError as exc:
         if args.debug:
             raise
@@ -142,10 +162,23 @@ def _measure_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def _emit(args: argparse.Namespace, payload: dict[str, Any], render: Any) -> None:
+def _check_report_path(args: argparse.Namespace, *models: Path) -> None:
+    """Fail before any work when --report would replace a model or cannot be written."""
+    if args.report is None:
+        return
+    report = args.report.resolve()
+    if any(report == m.resolve() for m in models):
+        raise OnnxoptError(f"--report {args.report}: that is a model path; choose another file for the report")
+    if not report.parent.is_dir():
+        raise OnnxoptError(f"--report {args.report}: folder {report.parent} does not exist")
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], render: Any, *models: Path) -> None:
+    from onnxopt.model_io import save_text
+
     text = json.dumps(payload, indent=2, default=_json_default)
     if args.report is not None:
-        args.report.write_text(text + "\n")
+        save_text(text + "\n", args.report, protected=models)
     if args.json:
         print(text)
     else:
@@ -175,11 +208,12 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if args.no_eval and args.evaluation is not None:
         raise OnnxoptError("--eval and --no-eval contradict each other: give one")
     output = args.output or args.model.with_name(args.model.stem + ".opt.onnx")
+    _check_report_path(args, args.model, output)
     evaluation = None if args.no_eval else args.evaluation or "random"
     result = optimize(
         args.model, passes, calibration=args.calib, evaluation=evaluation, output=output,
         progress=not args.no_progress and not args.json, data_options=_data_options(args), **_measure_kwargs(args))
-    _emit(args, result.report.to_dict(), lambda: print_optimize_report(result.report))
+    _emit(args, result.report.to_dict(), lambda: print_optimize_report(result.report), args.model, output)
     return 0
 
 
@@ -189,13 +223,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from onnxopt.model_io import load_model
     from onnxopt.render import print_comparison
 
+    _check_report_path(args, args.model_a, args.model_b)
     model_a = load_model(args.model_a)
     load_model(args.model_b)  # a clear error for a bad second model before any measurement
     kwargs = _measure_kwargs(args)
     seed = kwargs.pop("seed", 0)
     data = open_data(args.data or "random", model_a, seed=seed, **_data_options(args))
     result = compare(args.model_a, args.model_b, data, progress=not args.no_progress and not args.json, **kwargs)
-    _emit(args, result.to_dict(), lambda: print_comparison(result))
+    _emit(args, result.to_dict(), lambda: print_comparison(result), args.model_a, args.model_b)
     return 0
 
 

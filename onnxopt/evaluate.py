@@ -186,7 +186,7 @@ class _TopOne:
     def __init__(self, name: str) -> None:
         self.name = name
         self.problem: str | None = None
-        self.samples = self.agree = 0
+        self.samples = self.agree = self.nonfinite = 0
         self.labelled = self.correct_a = self.correct_b = self.only_a = self.only_b = 0
 
     def update(self, a: Any, b: Any, labels: np.ndarray | None) -> None:
@@ -197,12 +197,16 @@ class _TopOne:
             shape = list(a.shape) if isinstance(a, np.ndarray) else type(a).__name__
             self.problem = f"output '{self.name}' ({shape}) is not class scores [N, C>1]"
             return
+        # a row with NaN/inf has no meaningful argmax: it counts as neither agreeing nor correct
+        finite = np.isfinite(scores_a).all(axis=1) & np.isfinite(scores_b).all(axis=1)
+        self.nonfinite += int((~finite).sum())
         top_a, top_b = scores_a.argmax(axis=1), scores_b.argmax(axis=1)
         self.samples += top_a.size
-        self.agree += int((top_a == top_b).sum())
+        self.agree += int(((top_a == top_b) & finite).sum())
         if labels is None:
             return
         truth = _label_indices(labels, scores_a.shape)
+        top_a, top_b = np.where(finite, top_a, -1), np.where(finite, top_b, -1)
         hit_a, hit_b = top_a == truth, top_b == truth
         self.labelled += truth.size
         self.correct_a += int(hit_a.sum())
@@ -232,7 +236,11 @@ def _label_indices(labels: np.ndarray, scores_shape: tuple[int, ...]) -> np.ndar
     flat = labels.ravel()
     if flat.dtype.kind not in "biuf" or (flat.dtype.kind == "f" and not np.all(flat == np.round(flat))):
         raise DataError(f"labels must be integer class indices or one-hot rows, got {flat.dtype} values")
-    return flat.astype(np.int64)
+    flat = flat.astype(np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() >= scores_shape[1]):
+        raise DataError(f"labels range over [{flat.min()}, {flat.max()}] but the model scores {scores_shape[1]} "
+                        f"classes: give class indices in [0, {scores_shape[1] - 1}]")
+    return flat
 
 
 def accuracy_delta_interval(only_a: int, only_b: int, n: int) -> float:
@@ -243,7 +251,7 @@ def accuracy_delta_interval(only_a: int, only_b: int, n: int) -> float:
         return math.nan
     delta = (only_b - only_a) / n
     variance = max((only_a + only_b) / n - delta * delta, 0.0) / n
-    return max(1.96 * math.sqrt(variance), 3.0 / n)
+    return min(max(1.96 * math.sqrt(variance), 3.0 / n), 1.0)
 
 
 # -- models and feeds -------------------------------------------------------------------------
@@ -307,6 +315,24 @@ def _source(data: Any, model: onnx.ModelProto) -> DataSource:
 
 # -- compare ----------------------------------------------------------------------------------
 
+def check_measurement(providers: Sequence[str], threads: int | None, batch_size: int, latency_runs: int) -> None:
+    """Refuse measurement settings that would fail late or measure something else than asked."""
+    import onnxruntime as ort
+
+    if threads is not None and threads < 1:
+        raise DataError(f"threads={threads}: give at least 1 (None lets onnxruntime use every core, and the "
+                        "report then warns that latency depends on machine load)")
+    if batch_size < 1:
+        raise DataError(f"batch_size={batch_size}: give at least 1")
+    if latency_runs < 0:
+        raise DataError(f"latency_runs={latency_runs}: give 0 (no latency) or more")
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing or not providers:
+        raise DataError(f"execution provider(s) {', '.join(missing) or '(none given)'} not available in this "
+                        f"onnxruntime (available: {', '.join(available)})")
+
+
 def compare(
     model_a: onnx.ModelProto | str | os.PathLike[str],
     model_b: onnx.ModelProto | str | os.PathLike[str],
@@ -327,6 +353,7 @@ def compare(
     graph optimizations when ``optimize`` (what users deploy); latency sessions always do, with
     ``threads`` intra-op threads. ``latency_runs=0`` skips latency. ``logits_output`` names the
     class-score output (default: the first)."""
+    check_measurement(providers, threads, batch_size, latency_runs)
     a, b = _load(model_a), _load(model_b)
     _check_inputs(a.specs, b.specs)
     source = _source(data, a.proto)
@@ -386,6 +413,9 @@ def _measure_outputs(cmp: Comparison, session_a: Any, session_b: Any, specs_b: l
         return
     cmp.logits_output = top1.name
     cmp.agreement = top1.agree / top1.samples
+    if top1.nonfinite:
+        cmp.warnings.insert(0, f"{top1.nonfinite} of {top1.samples} sample(s) have NaN/inf class scores (e.g. float16 "
+                               "overflow): they count as disagreeing and wrong")
     if top1.labelled:
         cmp.labelled_samples = top1.labelled
         cmp.accuracy_a = top1.correct_a / top1.labelled

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -88,10 +89,7 @@ def save_model(
     dest = Path(path).resolve()
     if input_path is not None and _same_file(dest, Path(input_path)):
         raise ModelSaveError(f"{dest}: refusing to overwrite the input model; choose another -o path")
-    if dest.is_dir():
-        raise ModelSaveError(f"{dest}: is a directory; give a file name ending in .onnx")
-    if not dest.parent.is_dir():
-        raise ModelSaveError(f"{dest.parent}: output folder does not exist")
+    _check_destination(dest, "a file name ending in .onnx")
 
     external = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
     data_name = dest.name + ".data"
@@ -121,6 +119,30 @@ def save_model(
         os.replace(tmp_model, dest)
     logger.info("wrote %s%s", dest, " (+ external data)" if external else "")
     return dest
+
+
+def save_text(text: str, path: str | os.PathLike[str], *, protected: Sequence[str | os.PathLike[str]] = ()) -> Path:
+    """Write ``text`` atomically to ``path`` (a report), refusing to replace any of ``protected``
+    (the input and output models)."""
+    dest = Path(path).resolve()
+    for other in protected:
+        if _same_file(dest, Path(other)):
+            raise ModelSaveError(f"{dest}: refusing to write the report over a model; choose another --report path")
+    _check_destination(dest, "a file name for the report")
+    with tempfile.NamedTemporaryFile("w", dir=dest.parent, prefix=".onnxopt-", suffix=".tmp", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, dest)
+    return dest
+
+
+def _check_destination(dest: Path, what: str) -> None:
+    """Refuse a destination that is not a (possibly new) regular file in an existing folder."""
+    if dest.is_dir():
+        raise ModelSaveError(f"{dest}: is a directory; give {what}")
+    if dest.exists() and not dest.is_file():
+        raise ModelSaveError(f"{dest}: exists and is not a regular file (a device, pipe or socket); give {what}")
+    if not dest.parent.is_dir():
+        raise ModelSaveError(f"{dest.parent}: output folder does not exist")
 
 
 def _check_loads_in_onnxruntime(tmp_model: Path, dest: Path) -> None:

@@ -162,10 +162,6 @@ def summarize_details(details: dict[str, Any], width: int = DETAIL_WIDTH) -> str
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def print_pass_reports(reports: Sequence[PassReport], console: Console | None = None) -> None:
-    (console or Console()).print(render_pass_reports(reports))
-
-
 def render_pass_list(classes: Sequence[type[Pass]]) -> RenderableType:
     """One row per pass: name, lossy, calibration, and what it does followed by its settings."""
     table = Table(title="passes", title_justify="left", show_edge=False, header_style="bold", show_lines=True)
@@ -211,10 +207,6 @@ def render_stats(stats: ModelStats) -> RenderableType:
     for op, count in sorted(stats.op_histogram.items(), key=lambda item: (-item[1], item[0])):
         ops.add_row(op, str(count))
     return Group(summary, Text(""), ops)
-
-
-def print_stats(stats: ModelStats, console: Console | None = None) -> None:
-    (console or Console()).print(render_stats(stats))
 
 
 def render_inspection(info: Inspection) -> RenderableType:

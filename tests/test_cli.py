@@ -98,6 +98,27 @@ def test_no_eval_writes_the_model_without_a_comparison(tmp_path: Path, model_pat
     onnx.checker.check_model(onnx.load(str(out_path)), full_check=True)
 
 
+@pytest.mark.parametrize("option", ["--threads=0", "--batch-size=0", "--latency-runs=-1", "--threads=x"])
+def test_measurement_options_are_validated(option: str, model_path: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(model_path), "-o", str(tmp_path / "o.onnx"), "--pass", "cleanup", option])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "minimum" in err or "not an integer" in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_report_is_written_atomically_next_to_the_model(tmp_path: Path, model_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "report.json"
+    code, _, err = _run(capsys, "optimize", str(model_path), "-o", str(tmp_path / "o.onnx"), "--pass", "cleanup",
+                        "--no-eval", "--report", str(report))
+    assert code == 0, err
+    assert json.loads(report.read_text())["passes"][0]["pass_name"] == "cleanup"
+    assert not list(tmp_path.glob(".onnxopt-*"))
+
+
 def _bad_npz(tmp_path: Path, **arrays: np.ndarray) -> str:
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
@@ -117,6 +138,9 @@ def _bad_npz(tmp_path: Path, **arrays: np.ndarray) -> str:
         ("empty", "empty"),
         ("unknown_pass", "unknown pass"),
         ("bad_calib", "shape"),
+        ("report_over_input", "model path"),
+        ("report_missing_folder", "does not exist"),
+        ("missing_provider", "not available"),
         ("eval_and_no_eval", "contradict"),
     ],
 )
@@ -149,6 +173,12 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, match: str, tmp_path: P
         args = ["--pass", "frobnicate"]
     elif case == "bad_calib":
         args += ["--calib", _bad_npz(tmp_path, input=np.zeros((2, 4, 1), np.float32))]
+    elif case == "report_over_input":
+        args += ["--report", str(model_path)]
+    elif case == "report_missing_folder":
+        args += ["--report", str(tmp_path / "nope" / "r.json")]
+    elif case == "missing_provider":
+        args += ["--provider", "NoSuchExecutionProvider"]
     elif case == "eval_and_no_eval":
         args += ["--no-eval", "--eval", "random"]
     before = model_path.read_bytes()

@@ -130,9 +130,33 @@ def test_accuracy_with_labels_matches_hand_computation(weight: np.ndarray, input
     (10, 0, 100, 1.96 * math.sqrt((0.1 - 0.01) / 100)),  # Wald interval of the paired difference
     (0, 0, 1000, 0.003),  # no discordant pairs: the rule-of-three floor 3/n
     (5, 5, 100, 1.96 * math.sqrt(0.1 / 100)),
+    (0, 0, 1, 1.0),  # one sample: the interval is capped at the whole range
 ])
 def test_accuracy_delta_interval(only_a: int, only_b: int, n: int, expected: float) -> None:
     assert accuracy_delta_interval(only_a, only_b, n) == pytest.approx(expected)
+
+
+def test_nonfinite_scores_count_as_disagreeing_and_wrong(weight: np.ndarray, inputs: np.ndarray,
+                                                        labels: np.ndarray) -> None:
+    # setup: NaN inputs in 5 rows make both models' scores NaN there
+    x = inputs.copy()
+    x[:5] = np.nan
+    model = linear_model(weight)
+    expected = (x @ weight).argmax(1) == labels
+    expected[:5] = False
+    # execute
+    cmp = compare(model, model, open_data([{"input": x, "label": labels}], model), latency_runs=0)
+    # assert
+    assert cmp.agreement == pytest.approx((SAMPLES - 5) / SAMPLES)
+    assert cmp.accuracy_a == pytest.approx(np.mean(expected))
+    assert "5 of 40 sample(s) have NaN/inf class scores" in cmp.warnings[0]
+
+
+def test_labels_outside_the_classes_are_refused(weight: np.ndarray, inputs: np.ndarray, labels: np.ndarray) -> None:
+    model = linear_model(weight)
+    with pytest.raises(DataError, match=r"labels range over \[100, 103\] but the model scores 4 classes"):
+        compare(model, model, open_data([{"input": inputs, "label": labels * 0 + 100 + np.arange(SAMPLES) % 4}],
+                                        model), latency_runs=0)
 
 
 def test_one_hot_labels_equal_index_labels(weight: np.ndarray, inputs: np.ndarray, labels: np.ndarray) -> None:

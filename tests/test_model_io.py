@@ -11,7 +11,7 @@ import pytest
 from conftest import parse, run_model
 
 from onnxopt.errors import ModelLoadError, ModelSaveError
-from onnxopt.model_io import load_model, save_model
+from onnxopt.model_io import load_model, save_model, save_text
 
 TEXT = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -42,6 +42,27 @@ def test_refuses_to_overwrite_input(tmp_path: Path, model: onnx.ModelProto) -> N
     with pytest.raises(ModelSaveError, match="overwrite the input"):
         save_model(model, tmp_path / "." / "m.onnx", input_path=src)
     assert src.read_bytes() == before
+
+
+def test_refuses_a_destination_that_is_not_a_regular_file(tmp_path: Path, model: onnx.ModelProto) -> None:
+    # setup: a named pipe stands in for /dev/null and other special files
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    # execute / assert
+    with pytest.raises(ModelSaveError, match="not a regular file"):
+        save_model(model, fifo)
+    with pytest.raises(ModelSaveError, match="not a regular file"):
+        save_text("{}", fifo)
+    assert fifo.exists() and not fifo.is_file()
+
+
+def test_report_never_replaces_a_model(tmp_path: Path, model: onnx.ModelProto) -> None:
+    src = save_model(model, tmp_path / "m.onnx")
+    before = src.read_bytes()
+    with pytest.raises(ModelSaveError, match="over a model"):
+        save_text("{}", tmp_path / "m.onnx", protected=[src])
+    assert src.read_bytes() == before
+    assert save_text("{}", tmp_path / "r.json", protected=[src]).read_text() == "{}"
 
 
 def test_refuses_model_that_fails_checker(tmp_path: Path, model: onnx.ModelProto) -> None:
