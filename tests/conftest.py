@@ -17,6 +17,17 @@ from onnxopt.runtime import make_session
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 BUNDLED_MODELS = sorted(p.stem for p in MODELS_DIR.glob("*.onnx"))
 
+#: a 4-class model with a Constant weight and an Identity: every canonical pass has something to do
+TINY_CLASSIFIER = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, 4] input) => (float[N, 4] logits) {
+    w = Constant <value = float[4, 4] {1,0,0,0, 0,2,0,0, 0,0,3,0, 0,0,0,4}> ()
+    h = MatMul(input, w)
+    d = Identity(h)
+    logits = Relu(d)
+}
+"""
+
 
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs of ``model`` in onnxruntime (CPU, ORT_DISABLE_ALL) so runtime rewrites hide nothing."""
@@ -55,5 +66,5 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-__all__ = ["run_model", "apply_pass", "op_counts", "parse", "bundled", "BUNDLED_MODELS", "MODELS_DIR",
+__all__ = ["TINY_CLASSIFIER", "run_model", "apply_pass", "op_counts", "parse", "bundled", "BUNDLED_MODELS", "MODELS_DIR",
            "export", "import_graph", "gs"]

@@ -7,20 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import parse, run_model
+from conftest import TINY_CLASSIFIER, parse, run_model
 
 import onnxopt
 from onnxopt.errors import DataError
 
-TEXT = """
-<ir_version: 8, opset_import: ["" : 17]>
-agraph (float[N, 4] input) => (float[N, 4] logits) {
-    w = Constant <value = float[4, 4] {1,0,0,0, 0,2,0,0, 0,0,3,0, 0,0,0,4}> ()
-    h = MatMul(input, w)
-    d = Identity(h)
-    logits = Relu(d)
-}
-"""
 
 
 @pytest.fixture
@@ -34,14 +25,15 @@ def data(tmp_path: Path) -> Path:
 def test_failed_measurement_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
     with pytest.raises(DataError, match="not available"):
-        onnxopt.optimize(parse(TEXT), ["eliminate-identity"], evaluation="random", output=out,
+        onnxopt.optimize(parse(TINY_CLASSIFIER), ["eliminate-identity"], evaluation="random", output=out,
                          providers=("NoSuchExecutionProvider",))
     assert not out.exists()
 
 
 def test_result_is_saved_after_the_comparison_and_named_in_it(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "out.onnx"
-    result = onnxopt.optimize(parse(TEXT), ["eliminate-identity"], evaluation=data, output=out, latency_runs=0)
+    result = onnxopt.optimize(parse(TINY_CLASSIFIER), ["eliminate-identity"], evaluation=data, output=out,
+                              latency_runs=0)
     assert result.report.output == str(out.resolve())
     assert result.report.comparison is not None
     assert result.report.comparison.model_b == f"{out.resolve()} (optimized)"
@@ -66,9 +58,10 @@ def test_initializers_listed_as_inputs_are_reported_as_dropped() -> None:
 
 
 def test_calibrating_and_evaluating_on_the_same_file_warns(data: Path) -> None:
-    result = onnxopt.optimize(parse(TEXT), ["eliminate-identity"], calibration=data, evaluation=data, latency_runs=0)
+    result = onnxopt.optimize(parse(TINY_CLASSIFIER), ["eliminate-identity"], calibration=data, evaluation=data,
+                              latency_runs=0)
     assert any("in-sample" in w for w in result.report.warnings)
-    result = onnxopt.optimize(parse(TEXT), ["eliminate-identity"], calibration="random", evaluation=data,
+    result = onnxopt.optimize(parse(TINY_CLASSIFIER), ["eliminate-identity"], calibration="random", evaluation=data,
                               latency_runs=0)
     assert not any("in-sample" in w for w in result.report.warnings)
     assert any("random data" in w for w in result.report.warnings)

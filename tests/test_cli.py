@@ -10,25 +10,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import parse
+from conftest import TINY_CLASSIFIER, parse
 
 from onnxopt.cli import main
 
-TEXT = """
-<ir_version: 8, opset_import: ["" : 17]>
-agraph (float[N, 4] input) => (float[N, 4] logits) {
-    w = Constant <value = float[4, 4] {1,0,0,0, 0,2,0,0, 0,0,3,0, 0,0,0,4}> ()
-    h = MatMul(input, w)
-    d = Identity(h)
-    logits = Relu(d)
-}
-"""
 
 
 @pytest.fixture
 def model_path(tmp_path: Path) -> Path:
     path = tmp_path / "m.onnx"
-    onnx.save(parse(TEXT), str(path))
+    onnx.save(parse(TINY_CLASSIFIER), str(path))
     return path
 
 
