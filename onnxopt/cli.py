@@ -271,6 +271,8 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
     from onnxopt.api import optimize
 
     result = optimize(args.model, ["unpack"], output=args.output)
+    for note in result.report.passes[0].notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {result.report.output}")
     return 0
 

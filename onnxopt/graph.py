@@ -24,6 +24,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export ``graph`` to a ``ModelProto``, copying model-level fields from ``template``."""
     model = gs.export_onnx(graph, do_type_check=True)
+    _hoist_shared_subgraph_initializers(model.graph)
     if template is not None:
         # IR < 4 requires every initializer to be a graph input, which onnx-graphsurgeon does not
         # keep; IR 4 is the smallest version the exported graph is valid under.
@@ -39,6 +40,46 @@ def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.Mod
         existing = {f.name for f in model.functions}
         model.functions.extend(f for f in template.functions if f.name not in existing)
     return model
+
+
+def subgraph_protos(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """Every subgraph below ``graph`` (If/Loop/Scan bodies, nested ones included)."""
+    found = []
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                found.append(sub)
+                found.extend(subgraph_protos(sub))
+    return found
+
+
+def _hoist_shared_subgraph_initializers(main: onnx.GraphProto) -> None:
+    """Move a weight that onnx-graphsurgeon exported into several subgraphs back to the main graph.
+
+    onnx-graphsurgeon writes an outer-scope constant into every subgraph that reads it, so a weight
+    shared by both branches of an If would be stored twice. A name held by identical initializers
+    in two or more subgraphs, and defined nowhere else, becomes one main-graph initializer (outer
+    scope is visible from every subgraph)."""
+    subs = subgraph_protos(main)
+    if len(subs) < 2:
+        return
+    copies: dict[str, list[tuple[onnx.GraphProto, onnx.TensorProto]]] = {}
+    defined_elsewhere: set[str] = {i.name for i in main.input} | {t.name for t in main.initializer}
+    defined_elsewhere.update(o for n in main.node for o in n.output)
+    for sub in subs:
+        defined_elsewhere.update(i.name for i in sub.input)
+        defined_elsewhere.update(o for n in sub.node for o in n.output)
+        for tensor in sub.initializer:
+            copies.setdefault(tensor.name, []).append((sub, tensor))
+    for name, held in copies.items():
+        if len(held) < 2 or name in defined_elsewhere:
+            continue
+        first = held[0][1].SerializeToString()
+        if any(t.SerializeToString() != first for _, t in held[1:]):
+            continue
+        main.initializer.append(held[0][1])
+        for sub, tensor in held:
+            sub.initializer.remove(tensor)
 
 
 def _min_ir_version(model: onnx.ModelProto) -> int:

@@ -100,7 +100,7 @@ def render_comparison(cmp: Comparison) -> RenderableType:
                   fmt_ratio(cmp.size_b_bytes, cmp.size_a_bytes))
     sa, sb = cmp.stats_a, cmp.stats_b
     table.add_row("parameters", fmt_count(sa.parameters), fmt_count(sb.parameters), fmt_ratio(sb.parameters, sa.parameters))
-    table.add_row("MACs per sample", fmt_count(sa.macs), fmt_count(sb.macs), fmt_ratio(sb.macs, sa.macs))
+    table.add_row("MACs per sample", fmt_macs(sa), fmt_macs(sb), _macs_ratio(sa, sb))
     table.add_row("nodes", str(sa.nodes), str(sb.nodes), f"{sb.nodes - sa.nodes:+d}")
     return Group(table, Text(conditions_line(cmp), style="dim"), *_warnings(cmp.warnings))
 
@@ -187,6 +187,18 @@ def _io_text(items: Sequence[tuple[str, str, list[int | str]]]) -> str:
     return "\n".join(f"{name}: {dtype}[{', '.join(map(str, dims))}]" for name, dtype, dims in items) or "—"
 
 
+def fmt_macs(stats: ModelStats) -> str:
+    """MACs, marked as a lower bound when some nodes have shapes that are not static."""
+    text = fmt_count(stats.macs)
+    return f"≥ {text} (+{stats.macs_unknown_nodes} of unknown shape)" if stats.macs_unknown_nodes else text
+
+
+def _macs_ratio(a: ModelStats, b: ModelStats) -> str:
+    if a.macs_unknown_nodes or b.macs_unknown_nodes:
+        return "unknown"
+    return fmt_ratio(b.macs, a.macs)
+
+
 def render_stats(stats: ModelStats) -> RenderableType:
     """Summary (nodes, parameters, MACs, opsets, inputs/outputs) and the op histogram."""
     summary = Table(title="model", title_justify="left", show_header=False, show_edge=False)
@@ -194,10 +206,7 @@ def render_stats(stats: ModelStats) -> RenderableType:
     summary.add_column()
     summary.add_row("nodes", str(stats.nodes))
     summary.add_row("parameters", f"{fmt_count(stats.parameters)} ({fmt_bytes(stats.parameter_bytes)})")
-    macs = fmt_count(stats.macs)
-    if stats.macs_unknown_nodes:
-        macs += f" (+{stats.macs_unknown_nodes} node(s) of unknown shape not counted)"
-    summary.add_row("MACs per sample", macs)
+    summary.add_row("MACs per sample", fmt_macs(stats))
     summary.add_row("opsets", ", ".join(f"{d} {v}" for d, v in stats.opsets.items()))
     summary.add_row("inputs", _io_text(stats.inputs))
     summary.add_row("outputs", _io_text(stats.outputs))
@@ -241,7 +250,7 @@ def render_optimize_report(report: OptimizeReport) -> RenderableType:
                    fmt_ratio(after.parameters, before.parameters))
     static.add_row("parameter bytes", fmt_bytes(before.parameter_bytes), fmt_bytes(after.parameter_bytes),
                    fmt_ratio(after.parameter_bytes, before.parameter_bytes))
-    static.add_row("MACs per sample", fmt_count(before.macs), fmt_count(after.macs), fmt_ratio(after.macs, before.macs))
+    static.add_row("MACs per sample", fmt_macs(before), fmt_macs(after), _macs_ratio(before, after))
     parts: list[RenderableType] = [
         Text(f"{report.source} → {report.output or '(not saved)'}", style="bold"),
         render_pass_reports(report.passes), Text(""), static]

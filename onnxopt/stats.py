@@ -1,8 +1,10 @@
 """Static model statistics: op histogram, parameter count, MACs, size.
 
 MACs are estimated from inferred shapes for Conv, ConvTranspose, Gemm and MatMul (the ops that
-dominate compute); symbolic dimensions (e.g. a dynamic batch) count as 1, so the figure is per
-sample. Elementwise ops are ignored.
+dominate compute); a symbolic leading (batch) dimension counts as 1, so the figure is per sample,
+while a node with any other symbolic dimension (dynamic height, width, sequence) is counted in
+``macs_unknown_nodes`` instead of being guessed. Elementwise ops are ignored. Nodes, parameters and
+MACs include If/Loop/Scan bodies (both branches of an If, one iteration of a Loop).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
+
+from onnxopt.graph import subgraph_protos
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +53,13 @@ def _elem_name(type_proto: onnx.TypeProto) -> str:
 
 
 def _numeric_shape(dims: list[int | str]) -> list[int] | None:
+    """Static dims with a symbolic batch axis read as 1; ``None`` when any other dim is symbolic."""
     if not dims:
         return None
-    return [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+    known = [isinstance(d, int) and d > 0 for d in dims]
+    if not all(known[1:]):
+        return None
+    return [d if ok else 1 for d, ok in zip(dims, known)]  # type: ignore[misc]
 
 
 def model_stats(model: onnx.ModelProto) -> ModelStats:
@@ -62,15 +70,19 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
     except Exception as exc:  # shape inference may fail on custom ops; MACs then stay partial
         logger.debug("shape inference failed: %s", exc)
         inferred = model
+    graphs = [graph, *subgraph_protos(graph)]
+    nodes = [n for g in graphs for n in g.node]
+    initializers = [t for g in graphs for t in g.initializer]
     shapes: dict[str, list[int] | None] = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        shapes[vi.name] = _numeric_shape(_dims(vi.type))
-    for init in graph.initializer:
+    for g in [inferred.graph, *subgraph_protos(inferred.graph)]:
+        for vi in list(g.value_info) + list(g.input) + list(g.output):
+            shapes[vi.name] = _numeric_shape(_dims(vi.type))
+    for init in initializers:
         shapes[init.name] = list(init.dims)
 
     macs = 0
     unknown = 0
-    for node in graph.node:
+    for node in nodes:
         if node.op_type not in _MAC_OPS:
             continue
         got = _MAC_OPS[node.op_type](node, shapes)
@@ -79,16 +91,16 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
         else:
             macs += got
 
-    params = sum(int(np.prod(init.dims)) for init in graph.initializer)
+    params = sum(int(np.prod(init.dims)) for init in initializers)
     param_bytes = sum(
         int(np.prod(init.dims)) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
         if init.data_type != onnx.TensorProto.STRING
         else 0
-        for init in graph.initializer
+        for init in initializers
     )
     return ModelStats(
-        nodes=len(graph.node),
-        op_histogram=dict(sorted(Counter(n.op_type for n in graph.node).items())),
+        nodes=len(nodes),
+        op_histogram=dict(sorted(Counter(n.op_type for n in nodes).items())),
         parameters=params,
         parameter_bytes=param_bytes,
         macs=int(macs),

@@ -191,3 +191,11 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "no such file" in proc.stderr
+
+
+def test_unpack_of_a_model_without_packed_weights_says_so(tmp_path: Path, model_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plain.onnx"
+    code, stdout, err = _run(capsys, "unpack", str(model_path), "-o", str(out))
+    assert code == 0, err
+    assert "no bit-packed weights" in err and str(out) in stdout

@@ -1,0 +1,66 @@
+"""Graph import/export: what a round trip keeps, and weights shared by subgraphs stored once."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from conftest import parse, run_model
+
+from onnxopt.graph import export, import_graph, subgraph_protos
+
+# W is an outer-scope weight read by both branches of the If; K is local to the then branch
+IF_SHARED = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, 2] x, bool c) => (float[N, 2] y) <float[2, 2] W = {1.0, 2.0, 3.0, 4.0}> {
+    y = If(c) <
+        then_branch = g1 () => (float[N, 2] a) <float[2] K = {0.5, 0.25}> { h = MatMul(x, W)  a = Add(h, K) },
+        else_branch = g2 () => (float[N, 2] b) { b = MatMul(x, W) }>
+}
+"""
+
+
+def test_round_trip_keeps_model_fields_and_numbers() -> None:
+    # setup
+    model = parse(IF_SHARED)
+    model.metadata_props.add(key="origin", value="test")
+    model.doc_string = "doc"
+    x = np.array([[1.0, -1.0], [0.5, 2.0]], np.float32)
+    # execute
+    out = export(import_graph(model), model)
+    # assert
+    onnx.checker.check_model(out, full_check=True)
+    assert (out.doc_string, {p.key: p.value for p in out.metadata_props}) == ("doc", {"origin": "test"})
+    assert list(out.opset_import) == list(model.opset_import)
+    for cond in (True, False):
+        feeds = {"x": x, "c": np.array(cond)}
+        np.testing.assert_array_equal(run_model(out, feeds)[0], run_model(model, feeds)[0])
+
+
+def test_weight_shared_by_two_branches_is_stored_once_in_the_main_graph() -> None:
+    # execute
+    out = export(import_graph(parse(IF_SHARED)))
+    # assert: onnx-graphsurgeon alone would write W into both branches
+    then_branch, else_branch = subgraph_protos(out.graph)
+    assert [t.name for t in out.graph.initializer] == ["W"]
+    assert [t.name for t in then_branch.initializer] == ["K"]
+    assert list(else_branch.initializer) == []
+
+
+def test_same_name_with_different_values_in_two_branches_stays_local() -> None:
+    # setup: two branch-local weights that happen to share a name
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        agraph (float[2] x, bool c) => (float[2] y) {
+            y = If(c) <
+                then_branch = g1 () => (float[2] a) <float[2] K = {1.0, 2.0}> { a = Add(x, K) },
+                else_branch = g2 () => (float[2] b) <float[2] K = {3.0, 4.0}> { b = Add(x, K) }>
+        }""")
+    # execute
+    out = export(import_graph(model))
+    # assert
+    assert list(out.graph.initializer) == []
+    assert [[t.name for t in g.initializer] for g in subgraph_protos(out.graph)] == [["K"], ["K"]]
+    x = np.array([1.0, 1.0], np.float32)
+    for cond in (True, False):
+        feeds = {"x": x, "c": np.array(cond)}
+        np.testing.assert_array_equal(run_model(out, feeds)[0], run_model(model, feeds)[0])
