@@ -119,8 +119,11 @@ class RandomSource(DataSource):
 
     def _chunks(self) -> Iterator[Batch]:
         rng = np.random.default_rng(self.seed)
+        # a scalar input keeps one drawn value for the whole run, so samples still batch together
+        scalars = {s.name: _random_array(rng, s.dtype, []) for s in self.specs if s.scalar}
         for _ in range(self.samples):
-            yield Batch({s.name: _random_array(rng, s.dtype, [1, *self._shapes[s.name]]) for s in self.specs})
+            yield Batch({s.name: scalars[s.name] if s.scalar else _random_array(rng, s.dtype, [1, *self._shapes[s.name]])
+                         for s in self.specs})
 
     def _dim(self, spec: InputSpec, axis: int, d: int | str | None) -> int:
         if isinstance(d, int) and d > 0:

@@ -56,10 +56,11 @@ class NpzSource(DataSource):
         self.path = path
         with self._open() as npz:
             self._keys = list(npz.files)
-            first = next((k for k in self._keys if k not in LABEL_KEYS), None)
-            if first is None:
+            shapes = {k: _npz_shape(npz, k) for k in self._keys if k not in LABEL_KEYS}
+            if not shapes:
                 raise DataError(f"{path}: the .npz holds no input arrays (keys: {', '.join(self._keys) or 'none'})")
-            shape = _npz_shape(npz, first)
+            # scalar (rank-0) arrays feed scalar inputs; the others carry the samples
+            first, shape = next(((k, v) for k, v in shapes.items() if v), next(iter(shapes.items())))
             self._n = shape[0] if shape else 1
         if self._n == 0:
             raise DataError(f"{path}: the data set is empty (array '{first}' has 0 samples)")

@@ -32,6 +32,8 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | str | None, ...]
+    #: a rank-0 input (the model declares an empty shape): fed as one value per batch, no batch axis
+    scalar: bool = False
 
     @property
     def batch_dynamic(self) -> bool:
@@ -50,7 +52,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         tt = vi.type.tensor_type
         dims: tuple[int | str | None, ...] = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
-        specs.append(InputSpec(vi.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims))
+        specs.append(InputSpec(vi.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims,
+                               scalar=tt.HasField("shape") and not dims))
     return specs
 
 
@@ -70,7 +73,9 @@ class Batch:
 
     @property
     def size(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
+        """Samples in the batch: the leading axis of the batched inputs (1 when all are scalars)."""
+        batched = [v for v in self.inputs.values() if np.ndim(v)]
+        return int(batched[0].shape[0]) if batched else int(bool(self.inputs))
 
 
 class DataSource(abc.ABC):
@@ -160,9 +165,9 @@ class DataSource(abc.ABC):
         sizes = set()
         for spec in self.specs:
             arr = _as_array(chunk.inputs[spec.name], f"{where}: input '{spec.name}'")
-            if arr.ndim == 0:
-                raise DataError(f"{where}: input '{spec.name}' is a scalar; data needs a leading batch axis, "
-                                "so scalar (rank-0) inputs cannot be fed in batches")
+            if spec.scalar != (arr.ndim == 0):
+                wanted = "a scalar (rank 0, one value per chunk)" if spec.scalar else "a leading batch axis"
+                raise DataError(f"{where}: input '{spec.name}' has shape {list(arr.shape)}; the model wants {wanted}")
             if arr.dtype != spec.dtype:
                 raise DataError(f"{where}: input '{spec.name}' has dtype {arr.dtype}, the model wants {spec.dtype}; "
                                 f"cast your data to {spec.dtype}")
@@ -173,16 +178,17 @@ class DataSource(abc.ABC):
                 if axis and isinstance(want, int) and want > 0 and have != want:
                     raise DataError(f"{where}: input '{spec.name}' has shape {list(arr.shape)}, the model wants "
                                     f"{shape_text(spec.shape)} (axis {axis} is {have}, not {want})")
-            sizes.add(arr.shape[0])
+            if not spec.scalar:
+                sizes.add(arr.shape[0])
             inputs[spec.name] = arr
         if len(sizes) > 1:
             raise DataError(f"{where}: inputs have different numbers of samples {sorted(sizes)}")
-        labels = None
+        batch = Batch(inputs)
         if chunk.labels is not None:
-            labels = np.atleast_1d(_as_array(chunk.labels, f"{where}: labels"))
-            if len(labels) != next(iter(sizes)):
-                raise DataError(f"{where}: {len(labels)} labels for {next(iter(sizes))} samples")
-        return Batch(inputs, labels)
+            batch.labels = np.atleast_1d(_as_array(chunk.labels, f"{where}: labels"))
+            if len(batch.labels) != batch.size:
+                raise DataError(f"{where}: {len(batch.labels)} labels for {batch.size} samples")
+        return batch
 
 
 def _as_array(value: object, what: str) -> np.ndarray:
@@ -192,17 +198,22 @@ def _as_array(value: object, what: str) -> np.ndarray:
         raise DataError(f"{what} is not a rectangular array ({exc})") from exc
 
 
-def _sample_shapes(chunk: Batch) -> tuple[tuple[int, ...], ...]:
-    return tuple(v.shape[1:] for v in chunk.inputs.values())
+def _merge_key(chunk: Batch) -> tuple[object, ...]:
+    """Chunks merge only when their per-sample shapes and their scalar input values are equal."""
+    return tuple(v.shape[1:] if v.ndim else (v.dtype.str, v.tobytes()) for v in chunk.inputs.values())
 
 
 def _rebatch(chunks: Iterable[Batch], size: int) -> Iterator[Batch]:
-    """Batches of ``size`` samples from chunks of any size; chunks whose per-sample shapes differ
-    are not merged (the pending samples go out as a smaller batch first)."""
+    """Batches of ``size`` samples from chunks of any size; chunks whose per-sample shapes (or
+    scalar inputs) differ are not merged (the pending samples go out as a smaller batch first).
+    A model whose inputs are all scalars takes one chunk per run."""
     pending: list[Batch] = []
     count = 0
     for chunk in chunks:
-        if pending and _sample_shapes(chunk) != _sample_shapes(pending[0]):
+        if not any(v.ndim for v in chunk.inputs.values()):
+            yield chunk
+            continue
+        if pending and _merge_key(chunk) != _merge_key(pending[0]):
             yield _concat(pending)
             pending, count = [], 0
         pending.append(chunk)
@@ -219,13 +230,13 @@ def _rebatch(chunks: Iterable[Batch], size: int) -> Iterator[Batch]:
 def _concat(parts: list[Batch]) -> Batch:
     if len(parts) == 1:
         return parts[0]
-    inputs = {k: np.concatenate([p.inputs[k] for p in parts]) for k in parts[0].inputs}
+    inputs = {k: np.concatenate([p.inputs[k] for p in parts]) if v.ndim else v for k, v in parts[0].inputs.items()}
     labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])  # type: ignore[misc]
     return Batch(inputs, labels)
 
 
 def _take(batch: Batch, start: int, stop: int) -> Batch:
-    return Batch({k: v[start:stop] for k, v in batch.inputs.items()},
+    return Batch({k: v[start:stop] if v.ndim else v for k, v in batch.inputs.items()},
                  None if batch.labels is None else batch.labels[start:stop])
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from onnxopt.data import DataSource, IterableSource, input_specs, open_data
 from onnxopt.errors import DataError
 from onnxopt.images import ImagePreprocess
+from onnxopt.runtime import make_session
 from conftest import run_model
 
 FLOAT, INT64, UINT8 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.UINT8
@@ -294,7 +295,10 @@ ERRORS: dict[str, tuple[Callable[[Path], Any], onnx.ModelProto, str]] = {
     "python list": (lambda t: [{"x": [[1.0, 2.0, 3.0]]}], SINGLE, "cast your data to float32"),
     "int dtype": (lambda t: [{"x": _x().astype(np.int32)}], SINGLE, "has dtype int32, the model wants float32"),
     "rank": (lambda t: [{"x": _x()[:, :, None]}], SINGLE, "shape [10, 3, 1] (rank 3), the model wants [N, 3] (rank 2)"),
-    "scalar": (lambda t: [{"x": np.float32(1.0)}], _model(("x", FLOAT, [])), "input 'x' is a scalar"),
+    "scalar for batched input": (lambda t: [{"x": np.float32(1.0)}], SINGLE,
+                                 "input 'x' has shape []; the model wants a leading batch axis"),
+    "batch for scalar input": (lambda t: [{"x": _x(3)[:, 0]}], _model(("x", FLOAT, [])),
+                               "input 'x' has shape [3]; the model wants a scalar"),
     "fixed dim": (lambda t: [{"x": np.zeros((2, 4), np.float32)}], SINGLE, "axis 1 is 4, not 3"),
     "sample counts": (lambda t: [{"a": _pair()["a"], "b": _pair(3)["b"]}], PAIR, "different numbers of samples [3, 10]"),
     "label count": (lambda t: [{"x": _x(3), "label": np.arange(2)}], SINGLE, "2 labels for 3 samples"),
@@ -527,3 +531,36 @@ def test_progress_bar_does_not_change_the_batches(tmp_path: Path) -> None:
 
     np.testing.assert_array_equal(np.concatenate(with_bar), _x())
     assert [len(b) for b in with_bar] == [4, 4, 2]
+
+
+# -- scalar (rank-0) inputs --------------------------------------------------------------------------
+
+SCALED = _model(("x", FLOAT, ["N", 3]), ("t", FLOAT, []))
+
+
+def test_scalar_inputs_ride_along_and_split_batches_where_they_change() -> None:
+    # setup: two chunks with t = 1 and one with t = 2
+    chunks = [{"x": _x(3), "t": np.float32(1.0)}, {"x": _x(2), "t": np.float32(1.0)},
+              {"x": _x(4), "t": np.float32(2.0)}]
+    # execute
+    batches = list(open_data(chunks, SCALED).batches(4))
+    # assert: t = 1 samples merge (5 = 4 + 1), t = 2 samples stay apart, t is never batched
+    assert [(b.size, float(b.inputs["t"])) for b in batches] == [(4, 1.0), (1, 1.0), (4, 2.0)]
+    assert all(b.inputs["t"].ndim == 0 for b in batches)
+
+
+def test_scalar_inputs_from_npz_and_random_data_run_in_onnxruntime(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=_x(5), t=np.float32(3.0))
+    session = make_session(SCALED)
+    for source in (open_data(tmp_path / "d.npz", SCALED), open_data("random:6", SCALED)):
+        batches = list(source.batches(4))
+        assert sum(b.size for b in batches) == source.num_samples
+        for batch in batches:
+            x_out, t_out = session.run(None, batch.inputs)
+            assert x_out.shape == (batch.size, 3) and t_out.shape == ()
+
+
+def test_a_model_with_only_scalar_inputs_gets_one_chunk_per_run() -> None:
+    model = _model(("t", FLOAT, []))
+    batches = list(open_data([{"t": np.float32(v)} for v in (1.0, 1.0, 2.0)], model).batches(8))
+    assert [(b.size, float(b.inputs["t"])) for b in batches] == [(1, 1.0), (1, 1.0), (1, 2.0)]
