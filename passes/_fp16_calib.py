@@ -1,7 +1,9 @@
 """Automatic mixed precision from calibration data: which nodes must stay float32.
 
 Two measurements, both streaming the calibration data batch by batch (nothing kept between
-batches); tensors inside subgraphs cannot be fetched as outputs, so only the main graph is measured.
+batches); tensors inside subgraphs cannot be fetched as outputs, so only the main graph is measured:
+a node with a subgraph (If/Loop/Scan) is judged by its inputs and outputs, and when it is blocked
+its whole body stays float32.
 
 1. *Range*: the largest finite ``|x|`` of every float32 activation of the float32 model
    (``onnxopt.runtime.iter_activations``). A node with an input or output beyond
@@ -10,16 +12,20 @@ batches); tensors inside subgraphs cannot be fetched as outputs, so only the mai
 2. *Error*: a converted copy runs side by side with the float32 model; each tensor gets its relative
    L2 error ``||fp16 - fp32|| / ||fp32||`` over all samples (``inf`` when float16 gives inf/NaN where
    float32 is finite). A node's *added* error is its output error minus its largest input error.
-   A converted node that adds more than ``max_node_error`` stays float32; a node already kept for
-   that reason that still adds too much is hurt by the rounding of its float16 inputs, so their
-   producers stay float32 too (e.g. ``(x + 2048) - 2048``: the Sub is blocked first, then the Add).
+   A converted node (or a node with a subgraph) that adds more than ``max_node_error`` stays
+   float32; a node already kept for that reason that still adds too much is hurt by the rounding
+   of its float16 inputs, so their producers stay float32 too (e.g. ``(x + 2048) - 2048``: the Sub
+   is blocked first, then the Add).
    This repeats, one conversion and one pass over the data per round, until a round blocks nothing
    (at most ``MAX_ROUNDS``).
 
    onnxruntime's CPU provider runs most float16 nodes in float32 between Casts it inserts, and
    drops the Cast pairs between two such nodes, so on CPU a float16 tensor is often never rounded
-   to float16. The measured copy therefore passes every float16 node output through an Identity
-   (which has a float16 kernel): each output is rounded as a float16 runtime would round it.
+   to float16. It also moves its Casts across "precision-free" nodes such as Identity, so an
+   Identity alone rounds nothing (onnxruntime 1.32). The measured copy therefore passes every
+   float16 node output, in the main graph and in subgraphs, through ``Identity -> Cast(to=float16)``:
+   the Cast is the model's own and stays, and each output is rounded as a float16 runtime would
+   round it (``tests/test_fp16.py`` checks this against numpy float16).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
-from onnxopt.graph import export, import_graph
+from onnxopt.graph import export, import_graph, subgraphs
 from onnxopt.runtime import iter_activations, make_session, with_outputs
 from passes._fp16_convert import F16, F32, node_key, node_label
 
@@ -87,6 +93,7 @@ def calibration_blocks(graph: gs.Graph, data: DataSource, limits: Limits, conver
 def _error_rounds(graph: gs.Graph, reference: onnx.ModelProto, names: list[str], data: DataSource,
                   threshold: float, convert: ConvertFn, blocked: dict[str, str], runner: Runner) -> dict[str, Any]:
     by_key = {node_key(n): n for n in graph.nodes}
+    containers = {node_key(n) for n in graph.nodes if any(isinstance(v, gs.Graph) for v in n.attrs.values())}
     for_error: dict[str, str] = {}
     added: dict[str, tuple[str, float]] = {}
     rounds = 0
@@ -94,14 +101,14 @@ def _error_rounds(graph: gs.Graph, reference: onnx.ModelProto, names: list[str],
         trial = import_graph(reference)
         converted = convert(trial, dict(blocked))
         materialise_float16(trial)
-        trial.cleanup(remove_unused_graph_inputs=False).toposort()
+        trial.cleanup(remove_unused_graph_inputs=False)
         errors = relative_errors(reference, export(trial), names, data, runner)
-        added = _added_errors(graph, converted | set(for_error), errors)
+        added = _added_errors(graph, converted | containers | set(for_error), errors)
         new: dict[str, str] = {}
         for key, (label, err) in added.items():
             if err <= threshold:
                 continue
-            if key in converted:
+            if key in converted or (key in containers and key not in blocked):  # a body converted in float16
                 new[key] = (f"float16 adds {err:.3g} relative L2 error on calibration data "
                             f"(> max_node_error {threshold:g})")
                 continue
@@ -120,19 +127,29 @@ def _error_rounds(graph: gs.Graph, reference: onnx.ModelProto, names: list[str],
 
 
 def materialise_float16(graph: gs.Graph) -> None:
-    """Route each float16 node output through an Identity so the runtime must round it to float16."""
-    names = set(graph.tensors())
-    for node in list(graph.nodes):
-        for k, out in enumerate(node.outputs):
-            if node.op == "Identity" or out.dtype != F16 or out in graph.outputs:
-                continue
-            name, i = f"{out.name}_unrounded", 1
-            while name in names:
-                name, i = f"{out.name}_unrounded_{i}", i + 1
-            names.add(name)
-            raw = gs.Variable(name, dtype=F16, shape=out.shape)
-            node.outputs[k] = raw
-            graph.nodes.append(gs.Node("Identity", inputs=[raw], outputs=[out]))
+    """Make the runtime round each float16 node output of ``graph`` and its subgraphs to float16:
+    ``node -> raw -> Identity -> Cast(to=float16) -> out``."""
+    scopes = [graph, *subgraphs(graph)]
+    names = {name for g in scopes for name in g.tensors()}
+
+    def fresh(base: str) -> gs.Variable:
+        name, i = base, 1
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names.add(name)
+        return gs.Variable(name, dtype=F16)
+
+    for g in scopes:
+        for node in list(g.nodes):
+            for k, out in enumerate(node.outputs):
+                if out.dtype != F16 or any(out is t for t in g.outputs):
+                    continue
+                raw, held = fresh(f"{out.name}_unrounded"), fresh(f"{out.name}_held")
+                raw.shape = held.shape = out.shape
+                node.outputs[k] = raw
+                g.nodes.append(gs.Node("Identity", inputs=[raw], outputs=[held]))
+                g.nodes.append(gs.Node("Cast", attrs={"to": onnx.TensorProto.FLOAT16}, inputs=[held], outputs=[out]))
+    graph.toposort()
 
 
 def _added_errors(graph: gs.Graph, keys: set[str], errors: dict[str, float]) -> dict[str, tuple[str, float]]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Generic, Iterator, NamedTuple, TypeVar
 
 import numpy as np
 import onnx
@@ -31,7 +31,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.graph import subgraphs
 from passes._fp16_probe import KernelProbe
-from passes._fp16_schema import bindings, find_schema, has_attribute
+from passes._fp16_schema import bindings, find_schema, has_attribute, node_id
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ FP16_MAX = 65504.0
 #: the smallest float16 subnormal; smaller non-zero magnitudes would round to zero
 FP16_TINY = 2.0 ** -24
 _CONTROL_FLOW_REASON = "has a subgraph: kept float32, its body is converted inside float32 boundaries"
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,11 @@ class Options:
 class Outcome:
     """What one conversion did."""
 
+    #: keys of the converted nodes (unique in one scope; calibration reads those of the main graph)
     converted: set[str] = field(default_factory=set)
-    kept: dict[str, str] = field(default_factory=dict)
+    nodes_converted: int = 0
+    #: (node label, reason) of every float32 node kept float32; labels may repeat across subgraphs
+    kept: list[tuple[str, str]] = field(default_factory=list)
     tensors_converted: int = 0
     constants_converted: int = 0
     values_clamped: int = 0
@@ -85,7 +89,7 @@ class _Decision:
 
 def node_key(node: gs.Node) -> str:
     """A stable identity of a node across copies of a graph: its first output's name."""
-    return next((t.name for t in node.outputs if t.name), node.name)
+    return node_id([t.name for t in node.outputs], node.name)
 
 
 def node_label(node: gs.Node) -> str:
@@ -111,12 +115,37 @@ def opset_map(graph: gs.Graph) -> dict[str, int]:
 
 def float32_tensors(graph: gs.Graph) -> list[gs.Tensor]:
     """Tensors of ``graph`` and its subgraphs whose type is float32."""
-    seen: dict[str, gs.Tensor] = {}
+    seen = TensorMap[gs.Tensor]()
     for g in [graph, *subgraphs(graph)]:
         for t in g.tensors().values():
             if _dtype(t) == F32:
-                seen[t.name] = t
+                seen[t] = t
     return list(seen.values())
+
+
+class TensorMap(Generic[V]):
+    """A mapping keyed by tensor *identity*. onnx-graphsurgeon tensors compare by name, and a name
+    can repeat across subgraph scopes (two If branches may each hold a local ``W``), so a name is
+    not a key. The map holds its tensors, so an id is never reused while it is a key."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[gs.Tensor, V]] = {}
+
+    def __setitem__(self, tensor: gs.Tensor, value: V) -> None:
+        self._items[id(tensor)] = (tensor, value)
+
+    def get(self, tensor: gs.Tensor, default: V | None = None) -> V | None:
+        item = self._items.get(id(tensor))
+        return default if item is None else item[1]
+
+    def setdefault(self, tensor: gs.Tensor, value: V) -> V:
+        return self._items.setdefault(id(tensor), (tensor, value))[1]
+
+    def values(self) -> Iterator[V]:
+        return (value for _, value in self._items.values())
+
+    def items(self) -> Iterator[tuple[gs.Tensor, V]]:
+        return iter(self._items.values())
 
 
 def _dtype(t: gs.Tensor) -> np.dtype | None:
@@ -136,28 +165,30 @@ class Converter:
         self.options = options
         self.probe = probe
         self.opsets = opset_map(graph)
-        self.orig: dict[str, np.dtype | None] = {}
-        self.owner: dict[str, gs.Graph] = {}
+        # every map is keyed by tensor identity: names repeat across subgraph scopes
+        self.orig = TensorMap[np.dtype | None]()
+        self.owner = TensorMap[gs.Graph]()
         self.names: set[str] = set()
         self.graphs = [graph, *subgraphs(graph)]
         for g in self.graphs:
             for t in g.tensors().values():
-                self.orig.setdefault(t.name, _dtype(t))
+                self.orig.setdefault(t, _dtype(t))
                 self.names.add(t.name)
             for t in g.inputs:
-                self.owner[t.name] = g
+                self.owner[t] = g
             for node in g.nodes:
                 self.names.add(node.name)
                 for t in node.outputs:
-                    self.owner[t.name] = g
-        self.casts: dict[tuple[str, str, int], gs.Variable] = {}
-        self.demands: dict[str, tuple[gs.Tensor, list[_Demand]]] = {}
+                    self.owner[t] = g
+        #: source tensor -> (type name, id of the scope) -> its Cast output
+        self.casts = TensorMap[dict[tuple[str, int], gs.Variable]]()
+        self.demands = TensorMap[list[_Demand]]()
         self.outcome = Outcome()
 
     def run(self) -> Outcome:
         if not self.options.keep_io_types:
             for t in self.graph.inputs:
-                if self.orig.get(t.name) == F32:
+                if self.orig.get(t) == F32:
                     t.dtype = F16
                     self.outcome.tensors_converted += 1
         self._walk(self.graph, fixed_io=self.options.keep_io_types, forced=None)
@@ -176,13 +207,13 @@ class Converter:
     def _visit(self, node: gs.Node, scope: gs.Graph, forced: str | None) -> None:
         decision = self._decide(node, forced)
         if decision.reason:
-            self.outcome.kept[node_label(node)] = decision.reason
+            self.outcome.kept.append((node_label(node), decision.reason))
         for i, t in enumerate(node.inputs):
-            if not t.name or self.orig.get(t.name) != F32:
+            if not t.name or self.orig.get(t) != F32:
                 continue
             want = F16 if i in decision.fp16_inputs else F32
             if _is_constant(t):
-                self.demands.setdefault(t.name, (t, []))[1].append(_Demand(node, i, want, scope))
+                self.demands.setdefault(t, []).append(_Demand(node, i, want, scope))
             elif t.dtype != want:
                 node.inputs[i] = self._cast(t, want, scope)
         for j in decision.fp16_outputs:
@@ -193,10 +224,12 @@ class Converter:
         self.outcome.tiny_values_raised += decision.range_fixes[1]
         if decision.fp16_outputs or decision.fp16_inputs:
             self.outcome.converted.add(node_key(node))
-        user_block = forced or self._user_block(node)
+            self.outcome.nodes_converted += 1
+        # a body stays float32 where its node is blocked by the user or by calibration data
+        block = forced or self._user_block(node) or self.options.blocked.get(node_key(node))
         for value in node.attrs.values():
             if isinstance(value, gs.Graph):
-                self._walk(value, fixed_io=True, forced=user_block and f"inside {node_label(node)}: {user_block}")
+                self._walk(value, fixed_io=True, forced=block and f"inside {node_label(node)}: {block}")
 
     def _user_block(self, node: gs.Node) -> str | None:
         if node.op in self.options.op_block_list:
@@ -206,8 +239,8 @@ class Converter:
         return None
 
     def _decide(self, node: gs.Node, forced: str | None) -> _Decision:
-        float_in = {i for i, t in enumerate(node.inputs) if t.name and self.orig.get(t.name) == F32}
-        float_out = {j for j, t in enumerate(node.outputs) if t.name and self.orig.get(t.name) == F32}
+        float_in = {i for i, t in enumerate(node.inputs) if t.name and self.orig.get(t) == F32}
+        float_out = {j for j, t in enumerate(node.outputs) if t.name and self.orig.get(t) == F32}
         if not float_in and not float_out:
             return _Decision()
         reason = forced or self._user_block(node) or self.options.blocked.get(node_key(node))
@@ -222,13 +255,13 @@ class Converter:
         unrewritable = float_only = False
         for b in bindings(node, schema):
             members = [node.inputs[i] for i in b.inputs] + [node.outputs[j] for j in b.outputs]
-            if {self.orig.get(t.name) for t in members} - {None} != {F32}:
+            if {self.orig.get(t) for t in members} - {None} != {F32}:
                 continue
             if not b.float16_allowed:
                 float_only = True
                 continue
             for t in members:  # one type per binding: an untyped member is float32 too
-                self.orig[t.name] = F32
+                self.orig[t] = F32
                 if isinstance(t, gs.Variable) and t.dtype is None:
                     t.dtype = F32
             ins, outs = list(b.inputs), list(b.outputs)
@@ -252,7 +285,7 @@ class Converter:
     def _attribute_rewrite(self, node: gs.Node, schema: onnx.defs.OpSchema, decision: _Decision) -> bool:
         """Put the attribute changes that make the node's output float16 into ``decision``."""
         if node.op == "Cast":  # a Cast from float16 up to float32 is deliberate (or our boundary)
-            if self.orig.get(node.inputs[0].name) == F16:
+            if self.orig.get(node.inputs[0]) == F16:
                 return False
             decision.attrs["to"] = onnx.TensorProto.FLOAT16
         elif node.op == "ConstantOfShape":
@@ -290,24 +323,25 @@ class Converter:
             source = producer.inputs[0]  # cast from the Cast's input: no Cast->Cast chain
             if source.dtype == want:
                 return source
-        scope = consumer_scope if _is_constant(source) else self.owner.get(source.name, consumer_scope)
-        key = (source.name, want.name, id(scope))
-        if key not in self.casts:
+        scope = consumer_scope if _is_constant(source) else self.owner.get(source, consumer_scope)
+        made = self.casts.setdefault(source, {})
+        key = (want.name, id(scope))
+        if key not in made:
             out = gs.Variable(self._fresh(f"{source.name}_{want.name}"), dtype=want, shape=source.shape)
             scope.nodes.append(gs.Node("Cast", self._fresh(f"{out.name}_cast"),
                                        {"to": onnx.helper.np_dtype_to_tensor_dtype(want)}, [source], [out]))
-            self.owner[out.name] = scope
-            self.casts[key] = out
+            self.owner[out] = scope
+            made[key] = out
             self.outcome.casts_added += 1
-        return self.casts[key]
+        return made[key]
 
     def _keep_outputs(self, scope: gs.Graph) -> None:
         for pos, out in enumerate(list(scope.outputs)):
-            if self.orig.get(out.name) != F32:
+            if self.orig.get(out) != F32:
                 continue
             if _is_constant(out):
-                self.demands.setdefault(out.name, (out, []))[1].append(_Demand(None, pos, F32, scope))
-            elif out.dtype == F16 and (self.owner.get(out.name) is not scope or not out.inputs):
+                self.demands.setdefault(out, []).append(_Demand(None, pos, F32, scope))
+            elif out.dtype == F16 and (self.owner.get(out) is not scope or not out.inputs):
                 scope.outputs[pos] = self._cast(out, F32, scope)
             elif out.dtype == F16:
                 self._split_output(out, scope)
@@ -315,13 +349,13 @@ class Converter:
     def _split_output(self, out: gs.Variable, scope: gs.Graph) -> None:
         """``producer -> out(fp16)`` becomes ``producer -> half -> Cast -> out(fp32)``."""
         half = gs.Variable(self._fresh(f"{out.name}_float16"), dtype=F16, shape=out.shape)
-        self.owner[half.name] = scope
+        self.owner[half] = scope
         consumers = list(out.outputs)
         producer = out.inputs[0]
         producer.outputs[next(k for k, t in enumerate(producer.outputs) if t is out)] = half
         for node in consumers:
             _replace_input(node, out, half)
-        earlier = self.casts.pop((out.name, F32.name, id(scope)), None)
+        earlier = self.casts.get(out, {}).pop((F32.name, id(scope)), None)
         if earlier is not None:  # float32 consumers now read the output itself
             for node in list(earlier.outputs):
                 _replace_input(node, earlier, out)
@@ -334,12 +368,12 @@ class Converter:
         out.dtype = F32
         scope.nodes.append(gs.Node("Cast", self._fresh(f"{out.name}_cast"), {"to": onnx.TensorProto.FLOAT},
                                    [half], [out]))
-        self.casts[(half.name, F32.name, id(scope))] = out
+        self.casts[half] = {(F32.name, id(scope)): out}
         self.outcome.casts_added += 1
 
     # -- constants --------------------------------------------------------------------------
     def _resolve_constants(self) -> None:
-        for tensor, demands in self.demands.values():
+        for tensor, demands in self.demands.items():
             wants = {d.want for d in demands}
             if wants == {F16}:
                 self._constant_to_half(tensor)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import export, subgraphs
+from onnxopt.graph import export
 
 FLOAT16 = "tensor(float16)"
 FLOAT = "tensor(float)"
@@ -83,33 +83,66 @@ def has_attribute(schema: onnx.defs.OpSchema, name: str) -> bool:
     return name in schema.attributes
 
 
-def inferred_types(graph: gs.Graph) -> dict[str, onnx.TypeProto.Tensor]:
+#: where a graph sits: () for the main graph, then (node id, attribute name) per level of nesting
+Scope = tuple[str, ...]
+#: inferred tensor types by (scope, name): a name can repeat across subgraph scopes
+Types = dict[tuple[Scope, str], onnx.TypeProto.Tensor]
+
+
+def inferred_types(graph: gs.Graph) -> Types:
     """Tensor types (element type and shape) of ``graph`` and its subgraphs from onnx type inference;
     raises ``onnx.shape_inference.InferenceError`` (or ``ValueError``) when inference fails."""
     model = export(graph)
     model.ir_version = max(model.ir_version, 4)  # IR < 4 types initializers through graph inputs
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    types: dict[str, onnx.TypeProto.Tensor] = {}
-    pending = [inferred.graph]
+    types: Types = {}
+    pending: list[tuple[Scope, onnx.GraphProto]] = [((), inferred.graph)]
     while pending:
-        g = pending.pop()
+        scope, g = pending.pop()
         for vi in [*g.input, *g.output, *g.value_info]:
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-                types[vi.name] = vi.type.tensor_type
+                types[scope, vi.name] = vi.type.tensor_type
         for node in g.node:
-            for attr in node.attribute:
-                pending.extend([attr.g] if attr.HasField("g") else attr.graphs)
+            where = node_id(list(node.output), node.name)
+            pending.extend(((*scope, where, a.name), a.g) for a in node.attribute if a.HasField("g"))
     return types
 
 
-def apply_types(graph: gs.Graph, types: dict[str, onnx.TypeProto.Tensor]) -> None:
+def apply_types(graph: gs.Graph, types: Types) -> None:
     """Give the untyped (or unshaped) tensors of ``graph`` and its subgraphs their inferred type."""
-    for g in [graph, *subgraphs(graph)]:
+    for scope, g in _scoped_graphs(graph, ()):
         for t in g.tensors().values():
-            if not isinstance(t, gs.Variable) or t.name not in types or t.type != "tensor_type":
+            if not isinstance(t, gs.Variable) or t.type != "tensor_type":
                 continue
-            found = types[t.name]
+            found = _lookup(types, scope, t.name)
+            if found is None:
+                continue
             if t.dtype is None:
                 t.dtype = onnx.helper.tensor_dtype_to_np_dtype(found.elem_type)
             if t.shape is None and found.HasField("shape"):
                 t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in found.shape.dim]
+
+
+def _scoped_graphs(graph: gs.Graph, scope: Scope) -> list[tuple[Scope, gs.Graph]]:
+    found = [(scope, graph)]
+    for node in graph.nodes:
+        where = node_id([t.name for t in node.outputs], node.name)
+        for name, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                found.extend(_scoped_graphs(value, (*scope, where, name)))
+    return found
+
+
+def _lookup(types: Types, scope: Scope, name: str) -> onnx.TypeProto.Tensor | None:
+    """The type of ``name`` as seen from ``scope``: its own value, else the nearest enclosing one."""
+    while True:
+        if (scope, name) in types:
+            return types[scope, name]
+        if not scope:
+            return None
+        scope = scope[:-2]
+
+
+def node_id(outputs: list[str], name: str) -> str:
+    """A node's identity in its graph: its first output name (unique in SSA form), else its name."""
+    return next((o for o in outputs if o), name)

@@ -19,6 +19,10 @@ it keeps its accuracy. What the pass guarantees, and how:
   float16 output error exceeds its inputs' by more than ``max_node_error`` (automatic mixed
   precision, measured and refined over up to four rounds, ``passes._fp16_calib``); every such node
   is reported with its number.
+- *Refuses what it would break.* ``requires`` rejects a model that is already quantized (Q/DQ or
+  integer ops: Casts after DequantizeLinear stop onnxruntime's integer fusion), block-list entries
+  that name no op type or node of the model (a typo must not convert the node meant to be kept),
+  and out-of-range limits.
 - *Minimal Casts, idempotent.* One Cast per tensor per type, none chained or cancelling; run on
   its own output the pass makes the same decisions and changes nothing. ``ensures`` runs
   strict onnx type inference, so a type mismatch is caught here rather than in onnxruntime.
@@ -26,7 +30,9 @@ it keeps its accuracy. What the pass guarantees, and how:
 
 from __future__ import annotations
 
+import difflib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -34,13 +40,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
-from onnxopt.errors import PostconditionError
+from onnxopt.errors import PostconditionError, PreconditionError
 from onnxopt.graph import export, subgraphs
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from passes._fp16_calib import Limits, Runner, calibration_blocks
-from passes._fp16_convert import Converter, Options, Outcome, float32_tensors, opset_map
+from passes._fp16_convert import FP16_MAX, Converter, Options, Outcome, float32_tensors, opset_map
 from passes._fp16_probe import KernelProbe
 from passes._fp16_schema import apply_types, inferred_types
+from passes._int8_prepare import INTEGER_OPS, QDQ_OPS
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +77,31 @@ class Fp16(Pass):
     max_node_error: float | None = field(default=0.01, metadata={
         "help": "with calibration data: a node whose float16 output adds more than this relative L2 error "
                 "stays float32 (none: skip this check)"})
+
+    def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
+        scopes = [graph, *subgraphs(graph)]
+        problems = [msg for bad, msg in (
+            (not 0.0 < self.max_abs_activation <= FP16_MAX,
+             f"max_abs_activation must be in (0, 65504] (the float16 maximum), got {self.max_abs_activation:g}"),
+            (self.max_node_error is not None and not self.max_node_error > 0.0,
+             f"max_node_error must be > 0 (or none to skip the check), got {self.max_node_error}"),
+        ) if bad]
+        problems += filter(None, (
+            _unknown_entries("op_block_list", "op types", self.op_block_list, {n.op for g in scopes for n in g.nodes}),
+            _unknown_entries("node_block_list", "node names", self.node_block_list,
+                             {n.name for g in scopes for n in g.nodes if n.name}),
+        ))
+        if problems:
+            raise PreconditionError(f"fp16: {'; '.join(problems)}")
+        quantized = Counter(n.op for g in scopes for n in g.nodes
+                            if n.op in QDQ_OPS | INTEGER_OPS or n.op.startswith("QLinear"))
+        if quantized:
+            listing = ", ".join(f"{op} x{count}" for op, count in sorted(quantized.items()))
+            raise PreconditionError(
+                f"fp16: the model is already quantized ({listing}): "
+                "fp16 would put Casts between DequantizeLinear and the compute ops and stop onnxruntime's integer "
+                "fusion (QLinearConv, QLinearMatMul...), leaving a slower model; int8 and fp16 are alternatives: "
+                "apply fp16 to the float model instead, not after int8")
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         report = PassReport(self.name)
@@ -133,8 +165,28 @@ class Fp16(Pass):
         details["providers"] = providers
         report.details["calibration"] = details
         if subgraphs(graph):
-            report.notes.append("calibration measures the main graph only; nodes inside subgraphs are unchecked")
+            report.notes.append("calibration measures the main graph's tensors only: a node with a subgraph is "
+                                "judged by its inputs and outputs, and kept float32 with its whole body when blocked")
         return blocked
+
+
+def _unknown_entries(setting: str, what: str, given: tuple[str, ...], present: set[str]) -> str | None:
+    """A message naming the entries of ``given`` not in ``present`` (with close matches), or ``None``."""
+    unknown = [x for x in dict.fromkeys(given) if x not in present]
+    if not unknown:
+        return None
+    named = []
+    for entry in unknown:
+        close = difflib.get_close_matches(entry, present, n=3)
+        named.append(f"'{entry}' (did you mean {' or '.join(repr(c) for c in close)}?)" if close else f"'{entry}'")
+    return f"{setting} names {what} the model does not have: {', '.join(named)}; it has {_abbreviate(sorted(present))}"
+
+
+def _abbreviate(names: list[str], most: int = 12) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown}, ... ({len(names) - most} more)"
 
 
 def _first_line(exc: Exception) -> str:
@@ -143,11 +195,11 @@ def _first_line(exc: Exception) -> str:
 
 
 def _fill_report(report: PassReport, outcome: Outcome, probe: KernelProbe | None) -> None:
-    for label, reason in outcome.kept.items():
+    for label, reason in outcome.kept:
         report.skip(label, reason)
     report.changes = outcome.tensors_converted + outcome.constants_converted
     report.details.update({
-        "nodes_converted": len(outcome.converted),
+        "nodes_converted": outcome.nodes_converted,
         "nodes_kept_float32": len(outcome.kept),
         "tensors_converted": outcome.tensors_converted,
         "constants_converted": outcome.constants_converted,

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import BUNDLED_MODELS, apply_pass, bundled, op_counts, run_model
+from conftest import BUNDLED_MODELS, apply_pass, bundled, export, import_graph, op_counts, run_model
 from onnx import TensorProto, numpy_helper
 
 from onnxopt.data import open_data
-from onnxopt.errors import OnnxoptError
+from onnxopt.errors import OnnxoptError, PreconditionError
 from onnxopt.pass_base import PassContext
 from onnxopt.pipeline import Pipeline
 from onnxopt.runtime import make_session, with_outputs
+from passes._fp16_calib import materialise_float16
+from passes._fp16_schema import apply_types, inferred_types
 from passes.fp16 import Fp16
 
 TOL = Fp16.tolerance
@@ -386,3 +388,233 @@ def test_bundled_model_halves_and_agrees(name: str) -> None:
     before, after = run_model(model, feeds)[0], run_model(result, feeds)[0]
     assert float(np.mean(before.argmax(1) == after.argmax(1))) >= TOL.min_agreement
     np.testing.assert_allclose(after, before, rtol=TOL.rtol, atol=TOL.atol)
+
+
+def op_counts_of(graph: onnx.GraphProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def branches(model: onnx.ModelProto) -> dict[str, onnx.GraphProto]:
+    """The bodies of the model's one If node, by attribute name."""
+    node = next(n for n in model.graph.node if n.op_type == "If")
+    return {a.name: a.g for a in node.attribute}
+
+
+# -- preconditions ------------------------------------------------------------------------------
+QDQ_MODEL = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) {
+        q = QuantizeLinear(x, s, z)
+        d = DequantizeLinear(q, s, z)
+        y = MatMul(d, w)
+    }"""
+QLINEAR_MODEL = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (uint8[N,4] q) => (uint8[N,4] y) {
+        y = QLinearMatMul(q, s, z, wq, s, z, s, z)
+    }"""
+INTEGER_MODEL = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (uint8[N,4] q) => (float[N,4] y) {
+        acc = MatMulInteger(q, wq, z, z)
+        y = Cast <to=1> (acc)
+    }"""
+QDQ_IN_BRANCH_MODEL = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x, bool c) => (float[N,4] y) {
+        y = If(c) <
+            then_branch = t () => (float[N,4] yt) { yt = MatMul(x, w) },
+            else_branch = e () => (float[N,4] ye) { ye = DequantizeLinear(wq, s, z) }>
+    }"""
+QUANT_PARAMS = {"s": np.array(0.05, np.float32), "z": np.array(128, np.uint8),
+                "w": np.eye(4, dtype=np.float32), "wq": np.full((4, 4), 130, np.uint8)}
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    (QDQ_MODEL, "DequantizeLinear x1, QuantizeLinear x1"),
+    (QLINEAR_MODEL, "QLinearMatMul x1"),
+    (INTEGER_MODEL, "MatMulInteger x1"),
+    (QDQ_IN_BRANCH_MODEL, "DequantizeLinear x1"),
+], ids=["qdq", "qlinear", "integer", "qdq-in-subgraph"])
+def test_refuses_quantized_model(text: str, found: str) -> None:
+    # setup
+    model = build(text, **{k: v for k, v in QUANT_PARAMS.items() if k in text})
+    # execute / assert
+    with pytest.raises(PreconditionError, match=rf"already quantized \({found}\).*not after int8"):
+        apply_pass(Fp16(), model)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"op_block_list": ("Relue", "MatMul")},
+     r"op_block_list names op types the model does not have: 'Relue' \(did you mean 'Relu'\?\); "
+     r"it has Add, MatMul, Relu$"),
+    ({"node_block_list": ("relu_nod",)}, r"node_block_list .* 'relu_nod' \(did you mean 'relu_node'\?\); it has relu_node$"),
+    ({"max_abs_activation": 0.0}, r"max_abs_activation must be in \(0, 65504\]"),
+    ({"max_abs_activation": 70000.0}, r"max_abs_activation must be in \(0, 65504\].*got 70000"),
+    ({"max_node_error": 0.0}, r"max_node_error must be > 0"),
+    ({"max_node_error": float("nan")}, r"max_node_error must be > 0"),
+], ids=["op-typo", "node-typo", "activation-zero", "activation-above-fp16", "error-zero", "error-nan"])
+def test_invalid_settings_are_refused(settings: dict, message: str) -> None:
+    # setup
+    model = mlp()
+    # execute / assert
+    with pytest.raises(PreconditionError, match=message):
+        apply_pass(Fp16(**settings), model)
+
+
+def test_unknown_block_list_entries_are_abbreviated() -> None:
+    # setup: 20 named nodes
+    lines = "\n".join(f"[n{i:02d}] h{i + 1} = Relu(h{i})" for i in range(20))
+    model = build(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N,4] h0) => (float[N,4] h20) {{ {lines} }}""")
+    # execute / assert
+    with pytest.raises(PreconditionError, match=r"'zz'; it has n00, n01, .*, n11, \.\.\. \(8 more\)$"):
+        apply_pass(Fp16(node_block_list=("zz",)), model)
+
+
+def test_node_block_list_reaches_nodes_inside_subgraphs() -> None:
+    # setup: the then-branch node is named; blocking it keeps it float32, the else branch converts
+    text = IF_MODEL.replace("yt = MatMul(x, w)", "[then_mm] yt = MatMul(x, w)")
+    model = build(text, w=(RNG.standard_normal((4, 4)) / 2).astype(np.float32),
+                  v=RNG.standard_normal(4).astype(np.float32))
+    # execute
+    result, report = apply_pass(Fp16(node_block_list=("then_mm",)), model)
+    # assert
+    bodies = branches(result)
+    assert op_counts_of(bodies["then_branch"]) == {"MatMul": 1}
+    assert op_counts_of(bodies["else_branch"]) == {"Mul": 1, "Cast": 1}
+    assert ("then_mm", "node name is in node_block_list") in {(s.target, s.reason) for s in report.skipped}
+    for c in (True, False):
+        assert_close(model, result, {**x_feed(), "c": np.array(c)})
+
+
+
+
+SCOPED_IF_MODEL = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) {
+        mx = ReduceMean <keepdims=0> (x)
+        cond = Greater(mx, zero)
+        [if] y = If(cond) <
+            then_branch = t () => (float[N,4] yt) { [mmt] yt = MatMul(x, W) },
+            else_branch = e () => (float[N,4] ye) { [mme] ye = MatMul(x, W) }>
+    }"""
+
+
+def scoped_if_model(local_weights: bool) -> onnx.ModelProto:
+    """If whose branches read ``W``: each its own local initializer ``W`` (same name, other values),
+    or one outer-scope ``W`` they share."""
+    weights = [(RNG.standard_normal((4, 4)) / 2).astype(np.float32) for _ in range(2)]
+    model = onnx.parser.parse_model(SCOPED_IF_MODEL)
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), "zero"))
+    if local_weights:
+        for body, w in zip(branches(model).values(), weights):
+            body.initializer.append(numpy_helper.from_array(w, "W"))
+    else:
+        model.graph.initializer.append(numpy_helper.from_array(weights[0], "W"))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["plain", "calibrated"])
+@pytest.mark.parametrize("local_weights", [True, False], ids=["same-name-local-W", "outer-W"])
+def test_if_branches_reading_weights_named_alike(local_weights: bool, calibrated: bool) -> None:
+    # setup
+    model = scoped_if_model(local_weights)
+    feeds = [{"x": np.abs(RNG.standard_normal((8, 4))).astype(np.float32) * sign} for sign in (1, -1)]
+    ctx = PassContext(calibration=open_data([x_feed(32)], model)) if calibrated else None
+    # execute
+    result, report = apply_pass(Fp16(), model, ctx)
+    # assert: every W the branches read is float16, one Cast in (shared), one out per branch
+    bodies = list(branches(result).values())
+    weights = [t for g in [result.graph, *bodies] for t in g.initializer if t.name == "W"]
+    assert weights and {t.data_type for t in weights} == {TensorProto.FLOAT16}
+    assert op_counts(result) == {"Cast": 1, "ReduceMean": 1, "Greater": 1, "If": 1}
+    assert [op_counts_of(g) for g in bodies] == [{"MatMul": 1, "Cast": 1}] * 2
+    assert [s.target for s in report.skipped] == ["if"]
+    for feed in feeds:  # both branches taken
+        assert_close(model, result, feed)
+
+
+def test_same_tensor_name_with_other_types_in_sibling_branches() -> None:
+    # setup: ``s`` is int64 (Shape) in one branch and float32 (Relu) in the other; untyped in both
+    model = build("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,4] x, bool c) => (float[2] y) {
+            y = If(c) <
+                then_branch = t () => (float[2] yt) { s = Shape(x)  sf = Cast <to=1> (s)  yt = Mul(sf, k) },
+                else_branch = e () => (float[2] ye) { r = ReduceSum <keepdims=0> (x, ax)  s = Relu(r)  ye = Mul(s, k) }>
+        }""", k=np.array([0.5, 2.0], np.float32), ax=np.array([1], np.int64))
+    x = RNG.standard_normal((2, 4)).astype(np.float32)
+    # execute
+    result, report = apply_pass(Fp16(), model)
+    # assert
+    bodies = branches(result)
+    then_types = elem_types(bodies["then_branch"])
+    assert then_types["s"] == TensorProto.INT64 and then_types["sf"] == TensorProto.FLOAT16
+    assert elem_types(bodies["else_branch"])["s"] == TensorProto.FLOAT16
+    assert report.details["nodes_converted"] == 5  # Cast, both Muls, ReduceSum, Relu
+    assert_close(model, result, {"x": x, "c": np.array(True)}, rtol=0, atol=0)  # small integers, powers of 2
+    assert_close(model, result, {"x": x, "c": np.array(False)})
+
+
+@pytest.mark.parametrize(("then_body", "scale", "limit"), [
+    ("big = Mul(x, k1000)  yt = Mul(big, k1000)", 100.0, "max_abs_activation"),
+    ("u = Add(x, k2048)  yt = Sub(u, k2048)", 1.0, "max_node_error"),
+], ids=["overflow", "error"])
+def test_calibration_keeps_a_blocked_if_float32_with_its_body(then_body: str, scale: float, limit: str) -> None:
+    # setup: positive inputs take the then-branch, whose float16 overflows or loses x
+    model = build(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N,4] x) => (float[N,4] y) {{
+            mx = ReduceMean <keepdims=0> (x)
+            cond = Greater(mx, zero)
+            [if] y = If(cond) <
+                then_branch = t () => (float[N,4] yt) {{ {then_body} }},
+                else_branch = e () => (float[N,4] ye) {{ ye = Neg(x) }}>
+        }}""", zero=np.array(0, np.float32), k1000=np.array(1000, np.float32), k2048=np.array(2048, np.float32))
+
+    def positive(n: int) -> dict[str, np.ndarray]:
+        return {"x": np.abs(x_feed(n, scale)["x"])}
+
+    ctx = PassContext(calibration=open_data([positive(32)], model))
+    # execute
+    plain, _ = apply_pass(Fp16(), model)
+    guarded, report = apply_pass(Fp16(), model, ctx)
+    # assert
+    then_plain, then_guarded = (branches(m)["then_branch"] for m in (plain, guarded))
+    assert TensorProto.FLOAT16 in elem_types(then_plain).values()
+    assert TensorProto.FLOAT16 not in elem_types(then_guarded).values()
+    assert "Cast" not in op_counts_of(then_guarded)
+    assert any(s.target == "if" and limit in s.reason for s in report.skipped)
+    assert any(s.reason.startswith("inside if: ") and limit in s.reason for s in report.skipped)
+    assert_close(model, guarded, positive(16), rtol=1e-6, atol=1e-6)  # the branch taken is float32
+
+
+@pytest.mark.parametrize("where", ["main", "subgraph"])
+def test_measured_copy_rounds_every_float16_output(where: str) -> None:
+    # setup: ((x * 3.1) + 2048 - 2048) * 0.37 in float16; onnxruntime's CPU provider computes the chain
+    # in float32 unless each output is materialised
+    chain = "a = Mul(x, k1)  b = Add(a, k2)  d = Sub(b, k2)  {out} = Mul(d, k3)"
+    body = {"main": f"{chain.format(out='y')}",
+            "subgraph": f"""y = If(c) <then_branch = t () => (float16[N,4] yt) {{ {chain.format(out='yt')} }},
+                                      else_branch = e () => (float16[N,4] ye) {{ ye = Neg(x) }}>"""}[where]
+    k = {"k1": np.array(3.1, np.float16), "k2": np.array(2048, np.float16), "k3": np.array(0.37, np.float16)}
+    model = build(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float16[N,4] x, bool c) => (float16[N,4] y) {{ {body} }}""", **k)
+    feeds = {"x": (RNG.random((3, 4)) * 2).astype(np.float16), "c": np.array(True)}
+    a = feeds["x"] * k["k1"]  # numpy float16 rounds every step
+    expected = (((a + k["k2"]) - k["k2"]) * k["k3"])
+    graph = import_graph(model)
+    apply_types(graph, inferred_types(graph))
+    # execute
+    materialise_float16(graph)
+    measured = export(graph)
+    # assert
+    assert not np.array_equal(run_model(model, feeds)[0], expected)  # unrounded: x survives the +-2048
+    np.testing.assert_array_equal(run_model(measured, feeds)[0], expected)
