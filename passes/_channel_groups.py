@@ -13,7 +13,8 @@ as in Torch-Pruning's DepGraph: one layer's output channels, or every layer tied
 Whatever the analysis does not understand *blocks* the ids that reach it, with a reason: graph
 outputs, unknown ops, grouped convolutions, reshapes that mix channels with other axes, tensors read
 inside subgraphs. Blocked units are never pruned; the pass reports each blocked group with its reason.
-The op rules live in ``_channel_rules``; this module holds the bookkeeping and the result.
+The op rules live in ``_channel_rules`` and ``_channel_layers``; this module holds the bookkeeping and the
+result.
 """
 
 from __future__ import annotations
@@ -135,6 +136,14 @@ class ChannelGraph:
         if layout is not None:
             self.block(layout.ids, reason)
 
+    # -- layouts (used by the rules) --------------------------------------------------------
+    def layout_of(self, tensor: gs.Tensor) -> Layout | None:
+        return self.layouts.get(tensor.name) if present(tensor) else None
+
+    def set_output(self, node: gs.Node, layout: Layout, index: int = 0) -> None:
+        if index < len(node.outputs):
+            self.layouts[node.outputs[index].name] = layout
+
     # -- results --------------------------------------------------------------------------
     def roots(self, ids: np.ndarray) -> np.ndarray:
         """The unit of each id."""
@@ -215,6 +224,11 @@ class ChannelGraph:
 def node_name(node: gs.Node) -> str:
     """The node's name, or its first output's when it has none (exporters often leave names empty)."""
     return node.name or (node.outputs[0].name if node.outputs else node.op)
+
+
+def present(tensor: gs.Tensor | None) -> bool:
+    """Whether an optional input is given (an omitted one is absent or has an empty name)."""
+    return tensor is not None and bool(tensor.name)
 
 
 def inferred_shapes(graph: gs.Graph) -> dict[str, list[int | None]]:

@@ -51,13 +51,17 @@ def check_not_quantized(graph: gs.Graph, requantize: bool) -> None:
 
 
 def check_opset(graph: gs.Graph, per_channel: bool, upgrade: bool) -> None:
+    """QuantizeLinear/DequantizeLinear exist from opset 10, their per-channel ``axis`` from 13."""
     needed = PER_CHANNEL_OPSET if per_channel else QDQ_OPSET
     opset = default_opset(graph)
-    if opset < needed and not upgrade:
-        what = "per-channel int8 (QuantizeLinear axis)" if per_channel else "QuantizeLinear/DequantizeLinear"
-        raise PreconditionError(
-            f"{what} needs opset >= {needed}, the model has opset {opset}; give upgrade_opset=true to convert "
-            f"it with the onnx version converter{', or per_channel=false' if per_channel else ''}")
+    if opset >= needed or upgrade:
+        return
+    what = "per-channel int8 (QuantizeLinear axis)" if per_channel else "QuantizeLinear/DequantizeLinear"
+    per_tensor = (f", or per_channel=false (one scale per weight tensor, opset >= {QDQ_OPSET})"
+                  if per_channel and opset >= QDQ_OPSET else "")
+    raise PreconditionError(
+        f"{what} needs opset >= {needed}, the model has opset {opset}; give upgrade_opset=true to convert "
+        f"it with the onnx version converter{per_tensor}")
 
 
 def upgrade_opset(graph: gs.Graph, version: int) -> str | None:
@@ -133,19 +137,29 @@ def has_foldable_nodes(graph: gs.Graph) -> bool:
     return False
 
 
-def name_nodes(graph: gs.Graph) -> int:
-    """Give unnamed and duplicate-named nodes unique names (the plan refers to nodes by name)."""
+def unique_names(graph: gs.Graph) -> list[str]:
+    """The name of each node once unnamed and duplicate-named ones get unique names."""
     seen: set[str] = set()
-    renamed = 0
+    names = []
     for i, node in enumerate(graph.nodes):
-        if not node.name or node.name in seen:
-            base = node.name or f"{node.op}_{i}"
+        name = node.name
+        if not name or name in seen:
+            base = name or f"{node.op}_{i}"
             name, k = base, 1
             while name in seen:
                 name, k = f"{base}_{k}", k + 1
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def name_nodes(graph: gs.Graph) -> int:
+    """Give unnamed and duplicate-named nodes unique names (the plan refers to nodes by name)."""
+    renamed = 0
+    for node, name in zip(graph.nodes, unique_names(graph)):
+        if node.name != name:
             node.name = name
             renamed += 1
-        seen.add(node.name)
     return renamed
 
 

@@ -24,16 +24,18 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.calibration import Method, Observer, QParams, qparams_from_range
+from onnxopt.data import DataSource
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import export, import_graph, replace_contents
+from onnxopt.graph import default_opset, export, import_graph, replace_contents
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from passes._int8_emit import EmitResult, apply_plan
 from passes._int8_measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
                                   measure_budget)
-from passes._int8_plan import Plan, PlanSettings, candidate_tensors, make_plan
+from passes._int8_plan import COVERED_OPS, Plan, PlanSettings, candidate_tensors, make_plan
 from passes._int8_prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
                                   conv_add_to_bias, element_types, has_foldable_nodes, matmul_add_to_gemm,
-                                  name_nodes, strip_qdq, sum_to_add, upgrade_opset)
+                                  name_nodes, strip_qdq, sum_to_add, unique_names, upgrade_opset)
+from passes._prune_names import require_known
 from passes.fold_batchnorm import FoldBatchNorm
 from passes.fold_constants import ConstantFolding
 
@@ -63,7 +65,7 @@ class Int8(Pass):
     bins: int = field(default=2048, metadata={
         "help": "histogram bins per tensor for percentile/entropy/mse (memory per tensor is fixed)"})
     per_channel: bool = field(default=True, metadata={
-        "help": "one weight scale per output channel (needs opset >= 13); false: one per tensor"})
+        "help": "one weight scale per output channel (needs opset >= 13); false: one per tensor (opset >= 10)"})
     activation_type: Literal["uint8", "int8"] = field(default="uint8", metadata={
         "help": "uint8 asymmetric (default) or int8 symmetric activations"})
     reduce_range: bool = field(default=True, metadata={
@@ -85,7 +87,8 @@ class Int8(Pass):
     requantize: bool = field(default=False, metadata={
         "help": "accept a QDQ model: strip its Q/DQ pairs and quantize again"})
     upgrade_opset: bool = field(default=False, metadata={
-        "help": f"convert older models to opset {PER_CHANNEL_OPSET} with the onnx version converter"})
+        "help": f"convert older models to opset {PER_CHANNEL_OPSET} ({QDQ_OPSET} with per_channel=false) with the "
+                "onnx version converter; only a model that gets quantized is converted"})
 
     @property
     def symmetric(self) -> bool:
@@ -101,36 +104,44 @@ class Int8(Pass):
         ) if bad]
         if problems:
             raise PreconditionError(f"int8: {'; '.join(problems)}")
+        require_known(self.name, "exclude_nodes", self.exclude_nodes, unique_names(graph), "model's nodes")
+        require_known(self.name, "exclude_ops", self.exclude_ops,
+                      sorted({n.op for n in graph.nodes} | COVERED_OPS), "op types in the model or quantized by int8")
         check_not_quantized(graph, self.requantize)
         check_opset(graph, self.per_channel, self.upgrade_opset)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         report = PassReport(self.name)
-        self._prepare(graph, ctx, report)
-        float_model = export(graph)
+        work = import_graph(export(graph))  # preparing changes the model; kept only if something is quantized
+        self._prepare(work, ctx, report)
+        float_model = export(work)
         dtypes = element_types(float_model)
-        plan = make_plan(graph, self._plan_settings({}), dtypes)
+        plan = make_plan(work, self._plan_settings({}), dtypes)
         if not plan.layers:
-            report.notes.append("no float32 Conv/ConvTranspose/Gemm/MatMul layer can be quantized; model unchanged")
+            report = PassReport(self.name, notes=[
+                "no float32 Conv/ConvTranspose/Gemm/MatMul layer can be quantized; model left unchanged "
+                "(not prepared, opset not upgraded)"])
             _add_skips(report, plan)
             return report
         if ctx.calibration is None:
             raise PreconditionError("int8 needs calibration data; give --calib (CLI) or calibration= (API)")
         data = Limited(ctx.calibration, self.calibration_samples)
         run = RunOptions(self.batch_size, tuple(ctx.providers), ctx.threads, ctx.progress)
-        names = candidate_tensors(graph, dtypes) if self.max_drop is not None else plan.observed
+        names = candidate_tensors(work, dtypes) if self.max_drop is not None else plan.observed
         observers = calibrate(float_model, names, data, self.method, self._observer_options(), run)
         samples = data.seen
         if self.max_drop is None:
             params = self._params(observers, plan)
-            emitted = apply_plan(graph, plan, params, dedicated=self.symmetric)
-            graph.cleanup(remove_unused_graph_inputs=False)
-            model = export(graph, float_model)
+            emitted = apply_plan(work, plan, params, dedicated=self.symmetric)
+            work.cleanup(remove_unused_graph_inputs=False)
+            model = export(work, float_model)
+            replace_contents(graph, work)
         else:
-            model, plan, emitted = self._meet_budget(float_model, dtypes, plan, observers, data, run, report)
+            model, plan, emitted = self._meet_budget(float_model, dtypes, plan, observers, data, run, report,
+                                                     self.max_drop)
             params = self._params(observers, plan)
             replace_contents(graph, import_graph(model))
-        self._describe(report, plan, emitted, observers, params, samples, ctx)
+        self._describe(report, plan, emitted, observers, params, samples, ctx.calibration)
         probe = next(iter(data.batches(self.batch_size)))
         hint = "another provider or kernel?" if self.reduce_range else "int16 saturation? reduce_range=true avoids it"
         _note_fusion(report, fusion_report(model, plan, ctx.providers, probe), ctx.providers, hint)
@@ -138,10 +149,14 @@ class Int8(Pass):
 
     # -- steps --------------------------------------------------------------------------------
     def _prepare(self, graph: gs.Graph, ctx: PassContext, report: PassReport) -> None:
+        prepared: dict[str, Any] = {}
         if self.upgrade_opset:
+            before = default_opset(graph)
             note = upgrade_opset(graph, PER_CHANNEL_OPSET if self.per_channel else QDQ_OPSET)
             if note:
                 report.notes.append(note)
+                prepared["opset"] = {"from": before, "to": default_opset(graph)}
+        report.details["prepared"] = prepared
         if self.requantize and any(n.op == "DequantizeLinear" for n in graph.nodes):
             report.notes.append(f"requantize: removed {strip_qdq(graph)} Q/DQ pair(s) of the input model")
         renamed = name_nodes(graph)
@@ -152,11 +167,12 @@ class Int8(Pass):
             has_bn = any(n.op == "BatchNormalization" for n in graph.nodes)
             batchnorm = FoldBatchNorm().run(graph, ctx) if has_bn else None
             graph.cleanup(remove_unused_graph_inputs=False)
-            report.details["prepared"] = {
+            prepared.update({
                 "constants_folded": folded, "batchnorm_folded": batchnorm.changes if batchnorm else 0,
                 "sum_to_add": sum_to_add(graph), "conv_add_to_bias": conv_add_to_bias(graph),
-                "matmul_add_to_gemm": matmul_add_to_gemm(graph)}
+                "matmul_add_to_gemm": matmul_add_to_gemm(graph)})
             renamed += name_nodes(graph)
+        prepared["nodes_renamed"] = renamed
         if renamed:
             report.notes.append(f"gave {renamed} unnamed or duplicate-named node(s) unique names")
         graph.toposort()
@@ -190,10 +206,9 @@ class Int8(Pass):
         return export(graph, float_model), emitted
 
     def _meet_budget(self, float_model: onnx.ModelProto, dtypes: Mapping[str, np.dtype | None], plan: Plan,
-                     observers: Mapping[str, Observer], data: Limited, run: RunOptions,
-                     report: PassReport) -> tuple[onnx.ModelProto, Plan, EmitResult]:
+                     observers: Mapping[str, Observer], data: Limited, run: RunOptions, report: PassReport,
+                     max_drop: float) -> tuple[onnx.ModelProto, Plan, EmitResult]:
         """Return the layers with the largest own error to float, one at a time, until the drop fits."""
-        assert self.max_drop is not None
         params = self._params(observers, plan)
         model, emitted = self._build(float_model, plan, params)
         errors = layer_errors(float_model, plan, params, data, run)
@@ -201,30 +216,29 @@ class Int8(Pass):
         steps = [{"returned": None, **budget.to_dict()}]
         keep: dict[str, str] = {}
         for layer in sorted(errors, key=lambda name: errors[name], reverse=True):
-            if budget.drop <= self.max_drop:
+            if budget.drop <= max_drop:
                 break
-            keep[layer] = (f"returned to float by the accuracy budget (max_drop={self.max_drop}, "
+            keep[layer] = (f"returned to float by the accuracy budget (max_drop={max_drop}, "
                            f"layer NMSE {errors[layer]:.3g})")
             plan = make_plan(import_graph(float_model), self._plan_settings(keep), dtypes)
             model, emitted = self._build(float_model, plan, self._params(observers, plan))
             budget = measure_budget(float_model, model, data, run)
             steps.append({"returned": layer, **budget.to_dict()})
-        met = budget.drop <= self.max_drop
+        met = budget.drop <= max_drop
         report.details["budget"] = {
-            "max_drop": self.max_drop, "met": met, "returned_to_float": list(keep), "steps": steps,
+            "max_drop": max_drop, "met": met, "returned_to_float": list(keep), "steps": steps,
             "layer_nmse": {k: float(f"{v:.4g}") for k, v in sorted(errors.items(), key=lambda kv: -kv[1])}}
         if not met:
             report.notes.append(f"accuracy budget not met: {budget.metric} drop {budget.drop:.2f} pp > "
-                                f"{self.max_drop} pp with every quantized layer tried")
+                                f"{max_drop} pp with every quantized layer tried")
         return model, plan, emitted
 
     def _describe(self, report: PassReport, plan: Plan, emitted: EmitResult, observers: Mapping[str, Observer],
-                  params: Mapping[str, QParams], samples: int, ctx: PassContext) -> None:
+                  params: Mapping[str, QParams], samples: int, calibration: DataSource) -> None:
         _add_skips(report, plan)
         report.notes.extend(plan.notes + emitted.notes)
         report.changes = len(plan.nodes)
-        assert ctx.calibration is not None
-        if ctx.calibration.synthetic:
+        if calibration.synthetic:
             report.notes.append("calibration data is synthetic (random): ranges do not reflect real inputs")
         nonfinite = sorted(name for name, obs in observers.items() if obs.nonfinite)
         if nonfinite:
@@ -232,7 +246,7 @@ class Int8(Pass):
         used = {source for source in plan.tensors.values()}
         report.details.update({
             "method": self.method, "activation_type": self.activation_type, "per_channel": self.per_channel,
-            "calibration": {"samples": samples, "source": ctx.calibration.description,
+            "calibration": {"samples": samples, "source": calibration.description,
                             "observed_tensors": len(observers)},
             "quantized_ops": plan.op_counts(),
             "layers": len(plan.layers),

@@ -25,14 +25,18 @@ from onnxopt.errors import PreconditionError
 from onnxopt.graph import export
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from passes import _prune_threshold as thresholds
-from passes._channel_groups import ChannelGraph, Group, analyse, validate
+from passes._channel_groups import ChannelGraph, Group, analyse, node_name, validate
 from passes._prune_consts import Names
 from passes._prune_importance import GroupScores, score_groups
 from passes._prune_lstsq import reconstruct
+from passes._prune_names import require_known
 from passes._prune_recovery import fold_constant_channels
 from passes._prune_surgery import apply
 
 logger = logging.getLogger(__name__)
+
+#: the layers whose output channels the pass prunes (names in exclude_nodes and layer_ratios)
+_LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 @dataclass(kw_only=True)
@@ -67,17 +71,21 @@ class PruneChannels(Pass):
         "help": "fold constant pruned channels into the next bias; with calibration data, refit the "
                 "layers that lost inputs by least squares"})
     exclude_nodes: tuple[str, ...] = field(default=(), metadata={
-        "help": "layer names whose channels are never pruned"})
+        "help": "Conv/ConvTranspose/Gemm/MatMul layer names (an unnamed one by its first output) whose output "
+                "channels are never pruned"})
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise PreconditionError(f"prune-channels: ratio must be in [0, 1), got {self.ratio}")
-        if not 0.0 <= self.target_macs_reduction < 1.0:
+        if not 0.0 < self.target_macs_reduction < 1.0:
             raise PreconditionError(
-                f"prune-channels: target_macs_reduction must be in [0, 1), got {self.target_macs_reduction}")
+                f"prune-channels: target_macs_reduction must be in (0, 1), got {self.target_macs_reduction}")
         if self.min_channels < 1 or self.round_to < 1:
             raise PreconditionError("prune-channels: min_channels and round_to must be at least 1")
-        self._layer_ratios()
+        layers = [node_name(n) for n in graph.nodes if n.op in _LAYER_OPS]
+        what = "model's Conv/ConvTranspose/Gemm/MatMul layers"
+        require_known(self.name, "exclude_nodes", self.exclude_nodes, layers, what)
+        require_known(self.name, "layer_ratios", self._layer_ratios(), layers, what)
         if self.importance == "activation" and ctx.calibration is None:
             raise PreconditionError("prune-channels: importance=activation needs calibration data "
                                     "(--calib / calibration=)")

@@ -27,9 +27,10 @@ from onnxopt.errors import PreconditionError
 from onnxopt.graph import export, import_graph
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.runtime import iter_activations
-from passes._channel_groups import analyse, inferred_shapes
+from passes._channel_groups import analyse, inferred_shapes, node_name
 from passes._prune_blocks import Block, conv_sparsity, find_blocks, remove
 from passes._prune_consts import Names
+from passes._prune_names import require_known
 from passes._prune_recovery import ConstantChannels
 
 logger = logging.getLogger(__name__)
@@ -56,11 +57,14 @@ class RemoveBlocks(Pass):
     recover: bool = field(default=True, metadata={
         "help": "a removed branch whose output is a constant per channel leaves that constant as an Add"})
     exclude_nodes: tuple[str, ...] = field(default=(), metadata={
-        "help": "node names (the Add or any node of the branch) whose block is kept"})
+        "help": "node names (the Add or any node of the branch; an unnamed node by its first output) whose block "
+                "is kept"})
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         if self.count < 0:
             raise PreconditionError(f"remove-blocks: count must be >= 0, got {self.count}")
+        require_known(self.name, "exclude_nodes", self.exclude_nodes, [node_name(n) for n in graph.nodes],
+                      "model's nodes")
         if self.criterion == "sensitivity" and ctx.calibration is None:
             raise PreconditionError(
                 "remove-blocks: criterion=sensitivity needs calibration data (--calib / calibration=)")
@@ -119,7 +123,7 @@ class RemoveBlocks(Pass):
         excluded = set(self.exclude_nodes)
         kept = []
         for block in blocks:
-            if excluded.intersection({block.add.name, *(n.name for n in block.nodes)}):
+            if excluded.intersection({block.name, *(node_name(n) for n in block.nodes)}):
                 report.skip(block.name, "excluded by exclude_nodes")
             else:
                 kept.append(block)

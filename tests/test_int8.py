@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -296,7 +298,8 @@ def test_prepare_folds_batchnorm_bias_adds_sum_and_matmul_add(rng: np.random.Gen
     out, report = apply_pass(Int8(), model, _ctx(model, x))
     # assert: every float op around the layers is gone into them, and onnxruntime fuses them all
     assert report.details["prepared"] == {"constants_folded": 0, "batchnorm_folded": 1, "sum_to_add": 1,
-                                          "conv_add_to_bias": 1, "matmul_add_to_gemm": 1}
+                                          "conv_add_to_bias": 1, "matmul_add_to_gemm": 1,
+                                          "nodes_renamed": 0}
     ops = op_counts(out)
     assert (ops["Conv"], ops["Gemm"], ops["Add"], ops["Relu"]) == (2, 1, 1, 1)
     assert "BatchNormalization" not in ops and "MatMul" not in ops and "Sum" not in ops
@@ -432,24 +435,89 @@ def test_integer_kernel_model_is_refused_even_with_requantize() -> None:
         apply_pass(Int8(requantize=True), model, PassContext(calibration=open_data("random:2", model)))
 
 
+def _one_conv(rng: np.random.Generator, opset: int) -> onnx.ModelProto:
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[1, 1])]
+    return _model(nodes, {"w": rng.standard_normal((2, 3, 1, 1))}, ["N", 3, 2, 2], ["N", 2, 2, 2], opset=opset)
+
+
 def test_old_opset_is_refused_for_per_channel_unless_upgraded(rng: np.random.Generator) -> None:
     # setup
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[1, 1])]
-    model = _model(nodes, {"w": rng.standard_normal((2, 3, 1, 1))}, ["N", 3, 2, 2], ["N", 2, 2, 2], opset=11)
+    model = _one_conv(rng, opset=11)
     ctx = _ctx(model, rng.standard_normal((4, 3, 2, 2)).astype(np.float32))
     # execute / assert
-    with pytest.raises(PreconditionError, match="needs opset >= 13, the model has opset 11; give upgrade_opset=true"):
+    with pytest.raises(PreconditionError, match="needs opset >= 13, the model has opset 11; give upgrade_opset=true"
+                                                ".*, or per_channel=false"):
         apply_pass(Int8(), model, ctx)
     per_tensor, _ = apply_pass(Int8(per_channel=False), model, ctx)
     upgraded, report = apply_pass(Int8(upgrade_opset=True), model, ctx)
     assert per_tensor.opset_import[0].version == 11 and upgraded.opset_import[0].version == 13
     assert "opset upgraded from 11 to 13" in report.notes[0]
+    assert report.details["prepared"]["opset"] == {"from": 11, "to": 13}
 
 
-def test_invalid_settings_are_refused(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_opset_below_10_is_only_offered_the_upgrade(per_channel: bool, rng: np.random.Generator) -> None:
+    # setup: QuantizeLinear does not exist before opset 10, so per_channel=false is no way out
+    model = _one_conv(rng, opset=9)
+    ctx = _ctx(model, rng.standard_normal((4, 3, 2, 2)).astype(np.float32))
+    # execute
+    with pytest.raises(PreconditionError, match="the model has opset 9; give upgrade_opset=true") as refused:
+        apply_pass(Int8(per_channel=per_channel), model, ctx)
+    upgraded, report = apply_pass(Int8(per_channel=per_channel, upgrade_opset=True), model, ctx)
+    # assert
+    assert "per_channel=false" not in str(refused.value)
+    target = 13 if per_channel else 10
+    assert upgraded.opset_import[0].version == target
+    assert report.details["prepared"]["opset"] == {"from": 9, "to": target} and report.changes == 1
+
+
+def test_upgrade_without_anything_to_quantize_leaves_the_model_unchanged(rng: np.random.Generator) -> None:
+    # setup: a float16 model at opset 9 with unnamed nodes (nothing float32 to quantize)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 3, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 2, 2, 2])],
+                              [numpy_helper.from_array(rng.standard_normal((2, 3, 1, 1)).astype(np.float16), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 8
+    x = rng.standard_normal((4, 3, 2, 2)).astype(np.float16)
+    # execute
+    out, report = apply_pass(Int8(upgrade_opset=True), model, _ctx(model, x))
+    # assert: not upgraded, not renamed, not prepared, and said so
+    assert out.opset_import[0].version == 9 and [n.name for n in out.graph.node] == ["", ""]
+    assert op_counts(out) == {"Conv": 1, "Relu": 1} and not report.modified and report.details == {}
+    assert report.notes == ["no float32 Conv/ConvTranspose/Gemm/MatMul layer can be quantized; model left unchanged "
+                            "(not prepared, opset not upgraded)"]
+    np.testing.assert_array_equal(run_model(out, {"x": x})[0], run_model(model, {"x": x})[0])
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"batch_size": 0, "max_drop": -1.0}, "batch_size must be >= 1; max_drop must be >= 0"),
+    ({"calibration_samples": 0}, "calibration_samples must be >= 1"),
+    ({"bins": 8}, "bins must be >= 16"),
+    ({"method": "percentile", "percentile": 0.0}, "percentile must be in (50, 100]"),
+    ({"percentile": 100.5}, "percentile must be in (50, 100]"),
+    ({"exclude_nodes": ("conv1", "nosuch")}, "exclude_nodes: 'nosuch' not found among the model's nodes "
+                                             "(conv1, relu1, pool, flatten, fc)"),
+    ({"exclude_ops": ("Comv",)}, "exclude_ops: 'Comv' (did you mean 'Conv'?) not found among the op types"),
+])
+def test_invalid_settings_are_refused(settings: dict, message: str, rng: np.random.Generator) -> None:
     model = _cnn(rng)
-    with pytest.raises(PreconditionError, match="batch_size must be >= 1; max_drop must be >= 0"):
-        apply_pass(Int8(batch_size=0, max_drop=-1.0), model, _ctx(model, np.zeros((1, 2, 8, 8), np.float32)))
+    with pytest.raises(PreconditionError, match=re.escape(f"int8: {message}")):
+        apply_pass(Int8(**settings), model, _ctx(model, np.zeros((1, 2, 8, 8), np.float32)))
+
+
+def test_exclude_nodes_accepts_the_names_given_to_unnamed_nodes(rng: np.random.Generator) -> None:
+    # setup: two unnamed Convs; the report names them Conv_0 and Conv_1
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["c", "w2"], ["y"], kernel_shape=[1, 1])]
+    inits = {"w1": rng.standard_normal((3, 3, 1, 1)), "w2": rng.standard_normal((2, 3, 1, 1))}
+    model = _model(nodes, inits, ["N", 3, 2, 2], ["N", 2, 2, 2])
+    # execute
+    out, report = apply_pass(Int8(exclude_nodes=("Conv_1",)), model,
+                             _ctx(model, rng.standard_normal((4, 3, 2, 2)).astype(np.float32)))
+    # assert
+    assert [(s.target, s.reason) for s in report.skipped] == [("Conv_1", "excluded by exclude_nodes")]
+    assert _initializer(out, _node(out, "Conv_1").input[1]).dtype == np.float32
 
 
 # -- accuracy budget --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ runtime sums in: pruning channels that are exactly zero must then give identical
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -386,10 +387,19 @@ def test_activation_importance_prunes_dead_channels() -> None:
     ({"importance": "activation"}, PassContext(), "importance=activation needs calibration data"),
     ({"ratio": 1.5}, PassContext(), "ratio must be in [0, 1)"),
     ({"layer_ratios": ("c1",)}, PassContext(), "layer_ratios entry 'c1' is not NAME=R"),
+    ({"threshold": "macs", "target_macs_reduction": 0.0}, PassContext(), "target_macs_reduction must be in (0, 1)"),
+    ({"min_channels": 0}, PassContext(), "min_channels and round_to must be at least 1"),
+    ({"round_to": 0}, PassContext(), "min_channels and round_to must be at least 1"),
+    ({"exclude_nodes": ("b.conv2", "nosuch")}, PassContext(),
+     "exclude_nodes: 'nosuch' not found among the model's Conv/ConvTranspose/Gemm/MatMul layers "
+     "(stem, b.conv1, b.conv2, fc)"),
+    ({"exclude_nodes": ("b.bn2",)}, PassContext(), "exclude_nodes: 'b.bn2' (did you mean 'b.conv2'?) not found"),
+    ({"threshold": "ratio", "layer_ratios": ("b.comv1=0.5",)}, PassContext(),
+     "layer_ratios: 'b.comv1' (did you mean 'b.conv1'?) not found"),
 ])
 def test_bad_settings_are_refused(settings: dict, ctx: PassContext, message: str) -> None:
-    with pytest.raises(PreconditionError, match=message.replace("[", r"\[").replace(")", r"\)")):
-        apply_pass(prune(**settings), residual_net(), ctx)
+    with pytest.raises(PreconditionError, match=re.escape(f"prune-channels: {message}")):
+        apply_pass(PruneChannels(**{"round_to": 1, **settings}), residual_net(), ctx)
 
 
 # -- real topologies ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ outputs are exact in float32 and a removed zero branch must leave them identical
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +101,8 @@ def test_constant_branch_output_is_kept_as_an_add(with_data: bool) -> None:
     plain, _ = apply_pass(RemoveBlocks(count=1, exclude_nodes=keep_block_1, recover=False), model, ctx)
     # assert
     assert op_counts(out) == {"Conv": 3, "Relu": 4, "Add": 2}
-    assert report.details["blocks"][1] == {"block": "y2", "importance": report.details["blocks"][1]["importance"],
-                                           "removed": True, "compensated": True}
+    assert [(b["block"], b["removed"], b["compensated"]) for b in report.details["blocks"]] == [("y2", True, True)]
+    assert [(s.target, s.reason) for s in report.skipped] == [("y1", "excluded by exclude_nodes")]
     assert_identical(model, out)
     assert not np.array_equal(run_model(plain, feeds())[0], run_model(model, feeds())[0])
 
@@ -136,9 +137,15 @@ def test_add_of_two_independent_paths_is_not_a_block() -> None:
     assert op_counts(out) == op_counts(model)
 
 
-def test_sensitivity_needs_calibration_data() -> None:
-    with pytest.raises(PreconditionError, match="criterion=sensitivity needs calibration data"):
-        apply_pass(RemoveBlocks(criterion="sensitivity"), two_blocks())
+@pytest.mark.parametrize("settings, message", [
+    ({"criterion": "sensitivity"}, "criterion=sensitivity needs calibration data"),
+    ({"count": -1}, "count must be >= 0, got -1"),
+    ({"exclude_nodes": ("a1", "nosuch")}, "exclude_nodes: 'nosuch' not found among the model's nodes "
+                                         "(s, x, a1, r1, f1, y1, z1, a2, r2, f2, y2, out)"),
+])
+def test_bad_settings_are_refused(settings: dict, message: str) -> None:
+    with pytest.raises(PreconditionError, match=re.escape(f"remove-blocks: {message}")):
+        apply_pass(RemoveBlocks(**settings), two_blocks())
 
 
 LIGHT_RESNET50 = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
