@@ -29,13 +29,13 @@ from onnxopt.errors import DataError, OnnxoptError
 from onnxopt.hardware import CpuInfo, cpu_info
 from onnxopt.latency import PairedLatency, paired_latency
 from onnxopt.model_io import load_model, tensor_bytes
+from onnxopt.ops import is_quantized_op
 from onnxopt.runtime import make_session
 from onnxopt.stats import ModelStats, model_stats
 
 logger = logging.getLogger(__name__)
 
 #: ops whose presence means the model computes in integers (QDQ activations or integer kernels)
-INTEGER_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"})
 #: below this many paired runs the latency percentiles are too coarse to trust
 MIN_LATENCY_RUNS = 20
 #: warn when the 95% interval of the accuracy delta is wider than this (0.5 percentage points)
@@ -499,4 +499,4 @@ def _uses_float16(model: onnx.ModelProto) -> bool:
 
 
 def _uses_integer_compute(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in INTEGER_OPS or n.op_type.startswith("QLinear") for n in model.graph.node)
+    return any(is_quantized_op(n.op_type) and n.op_type != "DequantizeLinear" for n in model.graph.node)

@@ -20,7 +20,7 @@ from onnxopt.graph import export, import_graph
 from onnxopt.runtime import iter_activations, make_session
 from passes._int8_emit import Emitter, weight_floors
 from passes._int8_plan import COMPUTE_OPS, Plan
-from passes._int8_prepare import INTEGER_OPS
+from onnxopt.ops import INTEGER_OPS
 
 logger = logging.getLogger(__name__)
 

@@ -13,17 +13,10 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PreconditionError
 from onnxopt.graph import constant_value, default_opset, export, import_graph, replace_contents
+from onnxopt.ops import INTEGER_OPS, QDQ_OPS
 
 logger = logging.getLogger(__name__)
 
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
-#: integer kernels of the QOperator format (and onnxruntime's contrib integer ops)
-INTEGER_OPS = frozenset({
-    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul",
-    "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearConvTranspose",
-    "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere",
-    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization",
-    "MatMulNBits", "DequantizeLinearBlockwise"})
 #: the opset that gives QuantizeLinear/DequantizeLinear their per-channel ``axis``
 PER_CHANNEL_OPSET = 13
 QDQ_OPSET = 10

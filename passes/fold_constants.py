@@ -11,6 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import constant_value
+from onnxopt.ops import QDQ_OPS
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.runtime import make_session
 from passes._canonical_util import (
@@ -29,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 _RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                          "Multinomial", "Bernoulli"})
-_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
 def _static_shape_value(node: gs.Node) -> np.ndarray | None:
@@ -201,7 +201,7 @@ class ConstantFolding(Pass):
             return "non-deterministic op; folding would freeze one random draw"
         if node.op == "Dropout" and len(node.inputs) > 2 and not node.inputs[2].is_empty():
             return "Dropout with a training_mode input may be random"
-        if node.op in _QDQ_OPS:
+        if node.op in QDQ_OPS:
             return "Q/DQ nodes stay: they mark quantization for the runtime"
         if (node.domain or "") not in STANDARD_DOMAINS:
             return f"op of custom domain '{node.domain}'"

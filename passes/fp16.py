@@ -30,7 +30,6 @@ it keeps its accuracy. What the pass guarantees, and how:
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -42,12 +41,13 @@ import onnx_graphsurgeon as gs
 from onnxopt.data import DataSource
 from onnxopt.errors import PostconditionError, PreconditionError
 from onnxopt.graph import export, subgraphs
+from onnxopt.ops import is_quantized_op
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
+from onnxopt.settings_check import unknown_entries
 from passes._fp16_calib import Limits, Runner, calibration_blocks
 from passes._fp16_convert import FP16_MAX, Converter, Options, Outcome, float32_tensors, opset_map
 from passes._fp16_probe import KernelProbe
 from passes._fp16_schema import apply_types, inferred_types
-from passes._int8_prepare import INTEGER_OPS, QDQ_OPS
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,15 @@ class Fp16(Pass):
              f"max_node_error must be > 0 (or none to skip the check), got {self.max_node_error}"),
         ) if bad]
         problems += filter(None, (
-            _unknown_entries("op_block_list", "op types", self.op_block_list, {n.op for g in scopes for n in g.nodes}),
-            _unknown_entries("node_block_list", "node names", self.node_block_list,
-                             {n.name for g in scopes for n in g.nodes if n.name}),
+            unknown_entries("op_block_list", self.op_block_list, sorted({n.op for g in scopes for n in g.nodes}),
+                            "op types of the model"),
+            unknown_entries("node_block_list", self.node_block_list,
+                            sorted({n.name for g in scopes for n in g.nodes if n.name}), "node names of the model"),
         ))
         if problems:
             raise PreconditionError(f"fp16: {'; '.join(problems)}")
         quantized = Counter(n.op for g in scopes for n in g.nodes
-                            if n.op in QDQ_OPS | INTEGER_OPS or n.op.startswith("QLinear"))
+                            if is_quantized_op(n.op))
         if quantized:
             listing = ", ".join(f"{op} x{count}" for op, count in sorted(quantized.items()))
             raise PreconditionError(
@@ -168,25 +169,6 @@ class Fp16(Pass):
             report.notes.append("calibration measures the main graph's tensors only: a node with a subgraph is "
                                 "judged by its inputs and outputs, and kept float32 with its whole body when blocked")
         return blocked
-
-
-def _unknown_entries(setting: str, what: str, given: tuple[str, ...], present: set[str]) -> str | None:
-    """A message naming the entries of ``given`` not in ``present`` (with close matches), or ``None``."""
-    unknown = [x for x in dict.fromkeys(given) if x not in present]
-    if not unknown:
-        return None
-    named = []
-    for entry in unknown:
-        close = difflib.get_close_matches(entry, present, n=3)
-        named.append(f"'{entry}' (did you mean {' or '.join(repr(c) for c in close)}?)" if close else f"'{entry}'")
-    return f"{setting} names {what} the model does not have: {', '.join(named)}; it has {_abbreviate(sorted(present))}"
-
-
-def _abbreviate(names: list[str], most: int = 12) -> str:
-    if not names:
-        return "none"
-    shown = ", ".join(names[:most])
-    return shown if len(names) <= most else f"{shown}, ... ({len(names) - most} more)"
 
 
 def _first_line(exc: Exception) -> str:

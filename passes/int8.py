@@ -35,7 +35,7 @@ from passes._int8_plan import COVERED_OPS, Plan, PlanSettings, candidate_tensors
 from passes._int8_prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
                                   conv_add_to_bias, element_types, has_foldable_nodes, matmul_add_to_gemm,
                                   name_nodes, strip_qdq, sum_to_add, unique_names, upgrade_opset)
-from passes._prune_names import require_known
+from onnxopt.settings_check import require_known
 from passes.fold_batchnorm import FoldBatchNorm
 from passes.fold_constants import ConstantFolding
 

@@ -29,7 +29,7 @@ from passes._channel_groups import ChannelGraph, Group, analyse, node_name, vali
 from passes._prune_consts import Names
 from passes._prune_importance import GroupScores, score_groups
 from passes._prune_lstsq import reconstruct
-from passes._prune_names import require_known
+from onnxopt.settings_check import require_known
 from passes._prune_recovery import fold_constant_channels
 from passes._prune_surgery import apply
 

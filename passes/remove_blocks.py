@@ -30,7 +30,7 @@ from onnxopt.runtime import iter_activations
 from passes._channel_groups import analyse, inferred_shapes, node_name
 from passes._prune_blocks import Block, conv_sparsity, find_blocks, remove
 from passes._prune_consts import Names
-from passes._prune_names import require_known
+from onnxopt.settings_check import require_known
 from passes._prune_recovery import ConstantChannels
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
-"""Settings that name parts of the graph (``exclude_nodes``, ``exclude_ops``, ``layer_ratios``).
+"""Validation of pass settings that name parts of the graph (node names, op types, layers).
 
 A name the model does not have is almost always a typo, and ignoring it would change the very node
-the user meant to protect; so a pass refuses it in ``requires``, naming the unknown entries and
-what the model does have. Used by prune-channels, remove-blocks and int8.
+the user meant to protect; so passes refuse it in ``requires``, naming the unknown entries, close
+matches and what the model does have.
 """
 
 from __future__ import annotations
@@ -16,19 +16,25 @@ from onnxopt.errors import PreconditionError
 _SHOWN = 12
 
 
-def require_known(pass_name: str, setting: str, given: Iterable[str], known: Iterable[str], what: str) -> None:
-    """Raise ``PreconditionError`` if an entry of ``given`` is not in ``known`` (``what`` says what they are)."""
+def unknown_entries(setting: str, given: Iterable[str], known: Iterable[str], what: str) -> str | None:
+    """A message naming the entries of ``given`` not in ``known`` (``what`` says what they are), or ``None``."""
     choices = list(dict.fromkeys(known))
     present = set(choices)
     unknown = [name for name in dict.fromkeys(given) if name not in present]
     if not unknown:
-        return
+        return None
     hints = []
     for name in unknown:
         close = difflib.get_close_matches(name, choices, n=1)
         hints.append(f"'{name}' (did you mean '{close[0]}'?)" if close else f"'{name}'")
-    raise PreconditionError(f"{pass_name}: {setting}: {', '.join(hints)} not found among the {what} "
-                            f"({abbreviate(choices)})")
+    return f"{setting}: {', '.join(hints)} not found among the {what} ({abbreviate(choices)})"
+
+
+def require_known(pass_name: str, setting: str, given: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Raise ``PreconditionError`` if an entry of ``given`` is not in ``known``."""
+    problem = unknown_entries(setting, given, known, what)
+    if problem is not None:
+        raise PreconditionError(f"{pass_name}: {problem}")
 
 
 def abbreviate(names: list[str]) -> str:
