@@ -127,7 +127,8 @@ class WeightLayer:
 
 
 def select_layers(graph: gs.Graph, *, op_types: tuple[str, ...], keep_first: bool, keep_last: bool,
-                  exclude_nodes: tuple[str, ...], min_weights: int, report: PassReport) -> list[WeightLayer]:
+                  exclude_nodes: tuple[str, ...], min_weights: int, report: PassReport,
+                  min_channel_weights: int = 0) -> list[WeightLayer]:
     """Weight layers to binarise, in graph order; every candidate left alone gets a reason."""
     first, last = boundary_compute_nodes(graph)
     consumers: dict[int, int] = {}
@@ -148,6 +149,8 @@ def select_layers(graph: gs.Graph, *, op_types: tuple[str, ...], keep_first: boo
             reason = "last compute layer kept in full precision (keep_last)"
         if reason is None and node.inputs[1].values.size < min_weights:
             reason = f"{node.inputs[1].values.size} weights < min_weights={min_weights}"
+        if reason is None and _layer(node).k < min_channel_weights:
+            reason = f"{_layer(node).k} weights per output channel < min_channel_weights={min_channel_weights}"
         if reason is not None:
             report.skip(target, reason)
             continue

@@ -4,15 +4,18 @@ Bit order: the signs of a weight tensor are read in its stored layout (row-major
 packed little-endian within each byte: bit ``j`` (value ``2**j``) of byte ``i`` holds the sign of
 flat element ``8*i + j``, ``1`` meaning +1 and ``0`` meaning -1 (a zero weight counts as +1). The
 last byte is padded with 0 bits. The bytes are a uint8 initializer of shape ``[ceil(N/8), 1]``
-(``numpy.packbits(bits, bitorder="little")``); the per-channel scales are an initializer of the
-weight's dtype shaped to broadcast against the weight (``[C, 1, 1, 1]`` for Conv).
+(``numpy.packbits(bits, bitorder="little")``); the per-channel scales are an initializer shaped to
+broadcast against the weight (``[C, 1, 1, 1]`` for Conv): floats of the weight's dtype or float16,
+or uint8 log codes with their decoding subgraph (``passes._binary_alpha``).
 
 The subgraph, per bit-plane ``p`` (opset >= 11; BitShift is defined for uint8)::
 
     bits  = BitShift(BitShift(packed, [7, 6, ..., 0], LEFT), [7], RIGHT)  # uint8 [M, 8], column j = bit j
-    sign  = Cast(bits, to=T) * 2 - 1        # ±1; T = W.dtype, or float32 for float16 weights
+    sign  = (Cast(bits, to=T) - 0.5) * 2    # ±1; T = W.dtype, or float32 for float16 weights;
+                                            # * 2·unit (±unit) for uint8 codes (passes._binary_alpha)
     plane = Reshape(sign, W.shape) * alpha_p      # Reshape [-1] + Slice [0:N] first if N % 8 != 0;
-                                                  # alpha_p through Cast if stored as float16
+                                                  # alpha_p through Cast if stored as float16;
+                                                  # Pow(ratio, Cast(codes)) if stored as uint8 codes
     W     = plane_0 (+ plane_1)                   # (Cast to float16 if T differs) named like the weight
 
 All inputs are constants, so a runtime may fold the whole subgraph into a float initializer when
@@ -32,6 +35,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.runtime import make_session
+from passes._binary_alpha import ScaleFormat, add_node, emit_power
 from passes._binary_layers import WeightLayer
 from passes._binary_refit import Planes
 
@@ -79,18 +83,27 @@ class UnpackBuilder:
         self._constants: dict[str, gs.Tensor] = {
             name: t for name, t in graph.tensors().items() if name.startswith("binary/") and isinstance(t, gs.Constant)}
 
-    def replace_weight(self, layer: WeightLayer, planes: Planes, scale_dtype: np.dtype) -> PackedSize:
+    def replace_weight(self, layer: WeightLayer, planes: Planes, fmt: ScaleFormat) -> PackedSize:
         """Feed ``layer`` from packed ``planes`` instead of its float weight initializer; the scales
-        are stored as ``scale_dtype`` (cast to the weight's dtype in the subgraph if they differ)."""
+        are stored in ``fmt`` (cast or decoded to the weight's dtype in the subgraph)."""
         weight = layer.weight
-        dtype = compute_dtype(weight.values.dtype)
+        dtype = fmt.compute
         terms: list[gs.Variable] = []
         packed_bytes = 0
         for p in range(planes.bits):
+            prefix = f"{weight.name}/binary{p}"
             packed = pack_signs(layer.from_matrix(planes.signs[p]))
-            alpha = planes.alphas[p].astype(scale_dtype).reshape(layer.alpha_shape())
-            packed_bytes += packed.nbytes + alpha.nbytes
-            terms.append(self._plane(f"{weight.name}/binary{p}", packed, alpha, list(weight.shape), dtype))
+            scale: gs.Tensor
+            if planes.codes is not None:  # ±unit from the sign subgraph, ratio^code from emit_power
+                coded = planes.codes[p]
+                unit2 = gs.Constant(f"{prefix}/sign_scale", coded.sign_scale(dtype))
+                scale = emit_power(self.graph, prefix, coded, layer.alpha_shape(), dtype, self.node_names)
+                packed_bytes += packed.nbytes + coded.nbytes(dtype)
+            else:
+                unit2 = self._shared(f"binary/two_{dtype.name}", np.array(2, dtype))
+                scale = gs.Constant(f"{prefix}/alpha", planes.alphas[p].astype(fmt.dtype).reshape(layer.alpha_shape()))
+                packed_bytes += packed.nbytes + scale.values.nbytes
+            terms.append(self._plane(prefix, packed, unit2, scale, list(weight.shape), dtype))
         out = gs.Variable(weight.name, dtype=weight.values.dtype, shape=list(weight.shape))
         result = terms[0]
         for i, term in enumerate(terms[1:], start=1):
@@ -103,20 +116,20 @@ class UnpackBuilder:
         layer.node.inputs[index] = out
         return PackedSize(int(weight.values.nbytes), packed_bytes)
 
-    def _plane(self, prefix: str, packed: np.ndarray, alpha: np.ndarray, shape: list[int],
+    def _plane(self, prefix: str, packed: np.ndarray, unit2: gs.Tensor, scale: gs.Tensor, shape: list[int],
                dtype: np.dtype) -> gs.Variable:
-        """``Reshape(sign(bits)) · alpha`` for one bit-plane, in ``dtype``."""
+        """``Reshape((bit − 0.5) · unit2) · scale`` for one bit-plane, in ``dtype``: ``unit2`` is 2 for
+        float scales, ``2·unit`` for uint8 codes (``scale = ratio^code``)."""
         n, m = int(np.prod(shape)), packed.shape[0]
         shifts = self._shared("binary/shifts", np.arange(7, -1, -1, dtype=np.uint8))
         seven = self._shared("binary/seven", np.array([7], np.uint8))
-        two = self._shared(f"binary/two_{dtype.name}", np.array(2, dtype))
-        one = self._shared(f"binary/one_{dtype.name}", np.array(1, dtype))
+        half = self._shared(f"binary/half_{dtype.name}", np.array(0.5, dtype))
         bits = gs.Constant(f"{prefix}/bits", packed)
         top = self._node("BitShift", f"{prefix}/shl", [bits, shifts], np.uint8, [m, 8], direction="LEFT")
         bit = self._node("BitShift", f"{prefix}/shr", [top, seven], np.uint8, [m, 8], direction="RIGHT")
         real = self._node("Cast", f"{prefix}/cast", [bit], dtype, [m, 8], to=_onnx_type(dtype))
-        doubled = self._node("Mul", f"{prefix}/mul2", [real, two], dtype, [m, 8])
-        sign = self._node("Sub", f"{prefix}/sub", [doubled, one], dtype, [m, 8])
+        centred = self._node("Sub", f"{prefix}/sub", [real, half], dtype, [m, 8])
+        sign = self._node("Mul", f"{prefix}/mul2", [centred, unit2], dtype, [m, 8])
         if n != 8 * m:  # drop the padding bits of the last byte
             zero = self._shared("binary/zero", np.array([0], np.int64))
             flat = self._node("Reshape", f"{prefix}/flatten", [sign, self._shared("binary/flat", np.array([-1], np.int64))],
@@ -125,17 +138,14 @@ class UnpackBuilder:
             sign = self._node("Slice", f"{prefix}/trim", [flat, zero, count, zero], dtype, [n])
         shaped = self._node("Reshape", f"{prefix}/reshape", [sign, gs.Constant(f"{prefix}/shape", np.array(shape, np.int64))],
                             dtype, shape)
-        scale: gs.Tensor = gs.Constant(f"{prefix}/alpha", alpha)
-        if alpha.dtype != dtype:
-            scale = self._node("Cast", f"{prefix}/alpha_cast", [scale], dtype, alpha.shape, to=_onnx_type(dtype))
+        if np.dtype(scale.dtype) != dtype:
+            scale = self._node("Cast", f"{prefix}/alpha_cast", [scale], dtype, scale.shape, to=_onnx_type(dtype))
         return self._node("Mul", f"{prefix}/scale", [shaped, scale], dtype, shape)
 
     def _node(self, op: str, name: str, inputs: list[gs.Tensor], dtype: np.dtype | type, shape: Sequence[int],
               **attrs: object) -> gs.Variable:
-        out = gs.Variable(f"{name}/out", dtype=np.dtype(dtype), shape=list(shape))
         self.node_names.add(name)
-        self.graph.nodes.append(gs.Node(op, name, attrs=dict(attrs), inputs=inputs, outputs=[out]))
-        return out
+        return add_node(self.graph, op, name, inputs, dtype, shape, **attrs)
 
     def _shared(self, name: str, values: np.ndarray) -> gs.Tensor:
         if name not in self._constants:
@@ -150,12 +160,6 @@ class UnpackBuilder:
 
 def _onnx_type(dtype: np.dtype) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-
-
-def compute_dtype(weight_dtype: np.dtype) -> np.dtype:
-    """The dtype the subgraph computes in: float16 weights are rebuilt in float32 and cast at the end
-    (onnxruntime's CPU provider has no float16 Mul/Sub, which would block constant folding)."""
-    return np.dtype(np.float32) if weight_dtype == np.float16 else np.dtype(weight_dtype)
 
 
 def unpack_nodes_left_by_onnxruntime(model: onnx.ModelProto, providers: Sequence[str], names: set[str]) -> int:

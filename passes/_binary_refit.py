@@ -11,6 +11,9 @@ patches at that layer and ``Y = X · W_fᵀ`` the float model's output there, it
 ``Q = Yᵀ X̂`` and ``‖Y‖²``: alternately the scales (closed-form least squares with the signs fixed)
 and the signs (cyclic coordinate descent with the scales fixed: each weight takes the level nearest
 to its unconstrained optimum). Both steps are exact minimisations, so the objective never rises.
+The last scale solve is followed by putting the scales in their stored form (float16, or uint8 log
+codes: ``passes._binary_alpha``) and one more sign sweep with them fixed, so the errors reported
+are those of the weights the model stores.
 A ridge term ``λ‖Ŵ − W_f‖²`` (``λ = ridge · trace(G) / K``) keeps the fit well posed when the
 calibration set has fewer rows than ``K``; its weight is chosen per layer on held-out calibration
 samples (``Refitter``). A layer whose error the update does not lower, on all rows and on the
@@ -29,6 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxopt.runtime import iter_activations
+from passes._binary_alpha import LogCodes, ScaleFormat
 from passes._binary_layers import WeightLayer
 
 if TYPE_CHECKING:
@@ -40,18 +44,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Planes:
-    """``W ≈ Σ_p alphas[p][:, None] · signs[p]``; alphas ``[p, C]``, signs ``[p, C, K]`` of ±1."""
+    """``W ≈ Σ_p alphas[p][:, None] · signs[p]``; alphas ``[p, C]``, signs ``[p, C, K]`` of ±1.
+    ``codes`` holds the stored uint8 log codes of each plane when the scales are coded (``alphas``
+    are then their decoded values)."""
 
     alphas: np.ndarray
     signs: np.ndarray
+    codes: tuple[LogCodes, ...] | None = None
 
     @property
     def bits(self) -> int:
         return int(self.alphas.shape[0])
 
-    def rounded(self, dtype: np.dtype) -> Planes:
-        """The same codes with the scales rounded to the dtype they are stored in."""
-        return Planes(self.alphas.astype(dtype).astype(np.float64), self.signs)
+    def stored(self, fmt: ScaleFormat) -> Planes:
+        """The same weights with the scales as ``fmt`` stores them (rounded, or coded and decoded)."""
+        return Planes(*fmt.store(self.alphas, self.signs))
 
     def dequantize(self, dtype: np.dtype) -> np.ndarray:
         """``[C, K]`` in ``dtype``, computed as the unpacking subgraph computes it (float16 through
@@ -127,12 +134,16 @@ def data_error(planes: Planes, stats: LayerStats, dtype: np.dtype) -> float:
     return float(max(total, 0.0) / max(stats.energy.sum(), 1e-30))
 
 
-def alternate(planes: Planes, stats: LayerStats, weight: np.ndarray, *, ridge: float, iterations: int) -> Planes:
-    """The alternating update of all channels, group by group (see the module docstring)."""
+def alternate(planes: Planes, stats: LayerStats, weight: np.ndarray, *, ridge: float, iterations: int,
+              fmt: ScaleFormat) -> Planes:
+    """The alternating update of all channels, group by group (see the module docstring). After the
+    last scale solve the scales are put in their stored form ``fmt`` (rounded or coded) and one more
+    sign sweep runs with those stored scales fixed, so the result is exactly what the model stores."""
     alphas, signs = planes.alphas.copy(), planes.signs.copy()
     groups = stats.gram.shape[0]
     per = weight.shape[0] // groups
     k = weight.shape[1]
+    systems = []
     for g in range(groups):
         cs = slice(g * per, (g + 1) * per)
         gram = stats.gram[g]
@@ -144,7 +155,12 @@ def alternate(planes: Planes, stats: LayerStats, weight: np.ndarray, *, ridge: f
             a = _scale_step(s, gram_r, cross_r)
             s = _sign_step(a, s, gram_r, cross_r)
         alphas[:, cs], signs[:, cs] = _scale_step(s, gram_r, cross_r), s
-    return Planes(alphas, signs)
+        systems.append((cs, gram_r, cross_r))
+    stored = Planes(alphas, signs).stored(fmt)
+    signs = stored.signs.copy()
+    for cs, gram_r, cross_r in systems:
+        signs[:, cs] = _sign_step(stored.alphas[:, cs], signs[:, cs], gram_r, cross_r)
+    return Planes(stored.alphas, signs, stored.codes)
 
 
 def _scale_step(signs: np.ndarray, gram: np.ndarray, cross: np.ndarray) -> np.ndarray:
@@ -229,9 +245,9 @@ class Refitter:
     batch_size: int = 64
 
     def run(self, layers: list[WeightLayer], planes: dict[str, Planes],
-            scale_dtypes: dict[str, np.dtype]) -> list[LayerFit]:
-        """Refit ``planes`` (by layer name) in place and return the per-layer errors; the scales are
-        rounded to ``scale_dtypes`` (by layer name), the dtype they are stored in."""
+            formats: dict[str, ScaleFormat]) -> list[LayerFit]:
+        """Refit ``planes`` (by layer name) in place and return the per-layer errors of the weights
+        as stored, with the scales in the format ``formats`` gives (by layer name)."""
         targets, offsets = self._float_targets(layers)
         index = {t.name: i for i, t in enumerate(self.working_model.graph.initializer)}
         fits = []
@@ -244,7 +260,7 @@ class Refitter:
                 out = (offsets[bi] + sample) % self.HOLDOUT == 0
                 fit.add(patches[~out], target[~out])
                 held.add(patches[out], target[out])
-            result = self._fit_layer(layer, planes[layer.name], fit, held, scale_dtypes[layer.name])
+            result = self._fit_layer(layer, planes[layer.name], fit, held, formats[layer.name])
             planes[layer.name] = result[0]
             fits.append(result[1])
             logger.info("refit %s: error %.4f -> %.4f (held out %.4f -> %.4f, ridge %s)", layer.name,
@@ -256,13 +272,13 @@ class Refitter:
         return fits
 
     def _fit_layer(self, layer: WeightLayer, start: Planes, fit: LayerStats, held: LayerStats,
-                   scale_dtype: np.dtype) -> tuple[Planes, LayerFit]:
+                   fmt: ScaleFormat) -> tuple[Planes, LayerFit]:
         dtype = layer.weight.values.dtype
         weight = layer.matrix()
         both = fit.merged(held)
 
         def update(stats: LayerStats, ridge: float, iterations: int) -> Planes:
-            return alternate(start, stats, weight, ridge=ridge, iterations=iterations).rounded(scale_dtype)
+            return alternate(start, stats, weight, ridge=ridge, iterations=iterations, fmt=fmt)
 
         before = data_error(start, both, dtype)
         ridge = self.ridges[0]

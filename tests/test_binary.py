@@ -12,13 +12,16 @@ from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
 from onnxopt.graph import import_graph
 from onnxopt.pass_base import PassContext, PassReport
+from passes._binary_alpha import LEVELS, ScaleFormat, decode_log, encode_log
 from passes._binary_hwgq import lloyd_uniform_step
 from passes._binary_layers import select_layers
 from passes._binary_pack import pack_signs, unpack_signs
 from passes.binary import BinaryWeights
 from passes.unpack import UnpackBinary
 
-UNPACK_1BIT = {"BitShift": 2, "Cast": 1, "Mul": 2, "Sub": 1, "Reshape": 1}
+#: ops of one bit-plane's unpacking subgraph, by scale storage (uint8 codes add Cast + Pow)
+UNPACK_1BIT = {"float32": {"BitShift": 2, "Cast": 1, "Mul": 2, "Sub": 1, "Reshape": 1},
+               "uint8": {"BitShift": 2, "Cast": 2, "Mul": 2, "Sub": 1, "Reshape": 1, "Pow": 1}}
 
 
 def _model(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray], x_shape: list[object],
@@ -82,7 +85,18 @@ def test_bit_order_is_little_endian_within_a_byte() -> None:
     np.testing.assert_array_equal(unpack_signs(packed, signs.shape), signs)
 
 
-@pytest.mark.parametrize("settings", [{"bits": 1}, {"bits": 2}, {"alpha_dtype": "float16"}, {"bits": 2, "hwgq": True}])
+def _with_zero_channel(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """``model`` with output channel 0 of weight ``name`` all zeros (its scale is exactly 0)."""
+    index = [t.name for t in model.graph.initializer].index(name)
+    w = numpy_helper.to_array(model.graph.initializer[index]).copy()
+    w[0] = 0.0
+    model.graph.initializer[index].CopyFrom(numpy_helper.from_array(w, name))
+    return model
+
+
+@pytest.mark.parametrize("settings", [
+    {"bits": 1, "alpha_dtype": "float32"}, {"bits": 2, "alpha_dtype": "float32"}, {"alpha_dtype": "float16"},
+    {"bits": 2, "hwgq": True}, {"bits": 1, "alpha_dtype": "uint8"}, {"bits": 2, "alpha_dtype": "uint8"}])
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_unpack_of_packed_equals_binarised_float_model(rng: np.random.Generator, settings: dict[str, object],
                                                        calibrated: bool) -> None:
@@ -116,7 +130,7 @@ def test_plain_binarisation_is_mean_abs_times_sign(rng: np.random.Generator) -> 
     model.graph.initializer[[t.name for t in model.graph.initializer].index("w2")].CopyFrom(
         numpy_helper.from_array(w2, "w2"))
     # execute
-    out, report = apply_pass(BinaryWeights(min_weights=0, pack=False), model)
+    out, report = apply_pass(BinaryWeights(min_weights=0, pack=False, alpha_dtype="float32"), model)
     # assert
     alpha = np.abs(w2.astype(np.float64)).mean(axis=(1, 2, 3)).astype(np.float32)
     expected = alpha[:, None, None, None] * np.where(w2 >= 0, 1, -1).astype(np.float32)
@@ -125,9 +139,10 @@ def test_plain_binarisation_is_mean_abs_times_sign(rng: np.random.Generator) -> 
     assert report.details["refit"].startswith("not run (no calibration data)")
 
 
-@pytest.mark.parametrize(("channels", "k", "alpha_dtype", "per_weight"), [
-    (16, 256, "float32", 32), (32, 576, "float32", 32), (8, 1152, "float32", 32), (16, 256, "float16", 16)])
-def test_per_layer_compression_is_32k_over_k_plus_32(channels: int, k: int, alpha_dtype: str, per_weight: int) -> None:
+@pytest.mark.parametrize(("channels", "k", "alpha_dtype"), [
+    (16, 256, "float32"), (32, 576, "float32"), (8, 1152, "float32"), (16, 256, "float16"),
+    (16, 256, "uint8"), (32, 576, "uint8"), (64, 144, "uint8")])
+def test_per_layer_bytes_match_the_formula(channels: int, k: int, alpha_dtype: str) -> None:
     # setup: Gemm → MatMul(K → channels) → Gemm, so the middle layer is packed
     rng = np.random.default_rng(1)
     weights = {"w0": rng.standard_normal((4, k)).astype(np.float32), "w": rng.standard_normal((k, channels)).astype(np.float32),
@@ -136,29 +151,94 @@ def test_per_layer_compression_is_32k_over_k_plus_32(channels: int, k: int, alph
              helper.make_node("MatMul", ["h", "w"], ["m"], name="middle"),
              helper.make_node("Gemm", ["m", "w9"], ["y"], name="last")]
     model = _model(nodes, weights, ["N", 4], ["N", 3])
+    scale_bits = {"float32": 32, "float16": 16, "uint8": 8}[alpha_dtype]
+    header = 8 if alpha_dtype == "uint8" else 0  # the uint8 codes' two float32 scalars per layer
     # execute
     out, report = apply_pass(BinaryWeights(alpha_dtype=alpha_dtype), model)
-    # assert: bytes = channels * (K/8 + alpha size); ratio 32K/(K+32) for float32 scales
+    # assert: bytes = channels·(K/8 + scale bytes) (+ 8); ratio 32K/(K + scale bits) up to those 8 bytes
     (row,) = report.details["layers"]
     assert row["k"] == k and row["channels"] == channels
-    assert row["packed_bytes"] == channels * (k // 8 + (4 if alpha_dtype == "float32" else 2))
-    assert row["compression"] == pytest.approx(32 * k / (k + per_weight), rel=1e-3)
+    assert row["packed_bytes"] == channels * (k // 8 + scale_bits // 8) + header
+    assert row["compression"] == pytest.approx(4 * channels * k / row["packed_bytes"], abs=5e-4)
+    assert row["compression"] == pytest.approx(32 * k / (k + scale_bits), rel=1e-3 + header / row["packed_bytes"])
     bits = _weights(out)["w/binary0/bits"]
     assert bits.dtype == np.uint8 and bits.size == k * channels // 8
+    if alpha_dtype == "uint8":
+        assert _weights(out)["w/binary0/alpha_codes"].dtype == np.uint8
 
 
-def test_packed_layer_structure_and_defaults_keep_first_and_last_float(rng: np.random.Generator) -> None:
+# -- uint8 scales ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alphas", [
+    np.exp(np.random.default_rng(3).uniform(np.log(1e-4), np.log(10.0), 200)),  # wide log range
+    np.r_[0.0, 0.0, np.random.default_rng(4).uniform(0.01, 0.02, 30)],  # zero scales among narrow ones
+    np.full(12, 0.0371),  # all equal
+    np.zeros(5),  # all zero
+])
+def test_uint8_scales_decode_within_half_a_step_in_log_space(alphas: np.ndarray) -> None:
+    # execute
+    coded = encode_log(alphas)
+    (decoded,) = decode_log([coded], np.dtype(np.float32))
+    # assert: zero stays exactly zero; every other scale within step/2 in log space (+ float32
+    # rounding); the smallest and largest nonzero scale take codes 1 and 255
+    zero = alphas == 0
+    assert coded.codes.dtype == np.uint8 and decoded.dtype == np.float32
+    assert (coded.codes[zero] == 0).all() and (decoded[zero] == 0).all()
+    if zero.all():
+        return
+    error = np.abs(np.log(decoded[~zero].astype(np.float64)) - np.log(alphas[~zero]))
+    assert error.max() <= coded.step / 2 + 1e-6
+    assert coded.codes[~zero].min() == 1
+    if np.ptp(alphas[~zero]) > 0:
+        assert coded.codes.max() == LEVELS
+        assert coded.step == pytest.approx((np.log(alphas[~zero]).max() - np.log(alphas[~zero]).min()) / (LEVELS - 1), rel=1e-5)
+    else:
+        assert coded.ratio == 1 and (coded.codes[~zero] == 1).all()
+    np.testing.assert_allclose(decoded, coded.unit * np.power(coded.ratio, coded.codes.astype(np.float64)) * ~zero, rtol=1e-6)
+
+
+def test_uint8_storage_flips_the_signs_of_negative_scales() -> None:
+    # setup: two planes, channel 1 of plane 0 with a negative scale
+    alphas = np.array([[0.5, -0.25, 0.125], [0.1, 0.05, 0.02]])
+    signs = np.random.default_rng(5).choice(np.array([-1, 1], np.int8), size=(2, 3, 7))
+    # execute
+    decoded, stored, codes = ScaleFormat.of("uint8", np.dtype(np.float32)).store(alphas, signs)
+    # assert: positive stored scales, the same weights up to the scale quantization
+    assert codes is not None and len(codes) == 2 and (decoded > 0).all()
+    np.testing.assert_array_equal(stored[0, 1], -signs[0, 1])
+    np.testing.assert_array_equal(np.delete(stored, 1, axis=1)[0], np.delete(signs, 1, axis=1)[0])
+    np.testing.assert_allclose(decoded[:, :, None] * stored, alphas[:, :, None] * signs, rtol=max(c.step for c in codes))
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_uint8_zero_channel_is_rebuilt_exactly_and_folded(rng: np.random.Generator, bits: int) -> None:
+    # setup: conv2's channel 0 is all zeros, so its scale is 0 (code 0)
+    model = _with_zero_channel(_cnn(rng), "w2")
+    x = {"x": _inputs(rng, 4)}
+    # execute
+    packed, report = apply_pass(BinaryWeights(min_weights=0, bits=bits, alpha_dtype="uint8"), model)
+    unpacked, _ = apply_pass(UnpackBinary(), packed)
+    # assert: the zero guard (Sign) only where a plane has a zero scale, folded; the channel stays 0
+    assert op_counts(packed)["Sign"] == bits
+    assert report.details["onnxruntime_unpack_nodes_left"] == 0
+    w2 = _weights(unpacked)["w2"]
+    assert (w2[0] == 0).all() and (w2[1:] != 0).all()
+    np.testing.assert_array_equal(run_model(packed, x)[0], run_model(unpacked, x)[0])
+
+
+@pytest.mark.parametrize("alpha_dtype", ["float32", "uint8"])
+def test_packed_layer_structure_and_defaults_keep_first_and_last_float(rng: np.random.Generator, alpha_dtype: str) -> None:
     # setup
     model = _cnn(rng)
     # execute
-    out, report = apply_pass(BinaryWeights(min_weights=0), model)
+    out, report = apply_pass(BinaryWeights(min_weights=0, alpha_dtype=alpha_dtype), model)
     # assert: conv2, conv3, fc1 packed (3 unpacking subgraphs, 2 of them trimming padding bits);
     # conv1 (first) and fc2 (last) stay float
     weights = _weights(out)
     assert {"w1", "w5"} <= weights.keys() and not {"w2", "w3", "w4"} & weights.keys()
     assert weights["w1"].dtype == weights["w5"].dtype == np.float32
     expected = dict(op_counts(model))
-    for op, n in {**UNPACK_1BIT, "Slice": 0}.items():
+    for op, n in {**UNPACK_1BIT[alpha_dtype], "Slice": 0}.items():
         expected[op] = expected.get(op, 0) + 3 * n + (2 if op in ("Reshape", "Slice") else 0)
     assert op_counts(out) == expected
     skipped = {s.target: s.reason for s in report.skipped}
@@ -183,36 +263,44 @@ def test_two_bit_planes_structure_and_error(rng: np.random.Generator) -> None:
     x = {"x": _inputs(rng, 16)}
     # execute
     one, _ = apply_pass(BinaryWeights(min_weights=0, pack=False), model)
-    two, report = apply_pass(BinaryWeights(min_weights=0, bits=2), model)
-    # assert: two subgraphs summed per layer, and a closer model
+    two, report = apply_pass(BinaryWeights(min_weights=0, bits=2, alpha_dtype="float32"), model)
+    coded, coded_report = apply_pass(BinaryWeights(min_weights=0, bits=2, alpha_dtype="uint8"), model)
+    # assert: two subgraphs summed per layer (each with its own scales), and a closer model
     counts = op_counts(two)
-    assert counts["BitShift"] == 3 * 4 and counts["Add"] == 3
+    assert counts["BitShift"] == 3 * 4 and counts["Add"] == 3 and op_counts(coded)["Pow"] == 3 * 2
     assert all(row["packed_bytes"] == 2 * (-(-row["channels"] * row["k"] // 8) + 4 * row["channels"])
                for row in report.details["layers"])
+    assert all(row["packed_bytes"] == 2 * (-(-row["channels"] * row["k"] // 8) + row["channels"] + 8)
+               for row in coded_report.details["layers"])
     ref = run_model(model, x)[0]
     assert np.abs(run_model(two, x)[0] - ref).mean() < np.abs(run_model(one, x)[0] - ref).mean()
 
 
-@pytest.mark.parametrize("setting", [{"exclude_nodes": ("conv2",)}, {"min_weights": 700}, {"op_types": ("Gemm",)}])
+@pytest.mark.parametrize("setting", [{"exclude_nodes": ("conv2",)}, {"min_weights": 700}, {"op_types": ("Gemm",)},
+                                     {"min_channel_weights": 46}])
 def test_exclusions_are_skipped_with_reasons(rng: np.random.Generator, setting: dict[str, object]) -> None:
     # setup
     model = _cnn(rng)
     # execute
     out, report = apply_pass(BinaryWeights(**setting), model)
-    # assert: conv2 (675 weights) stays float, with a reason when it was looked at
+    # assert: conv2 (675 weights, 45 per output channel) stays float, with a reason when it was looked at
     assert "w2" in _weights(out)
     if "op_types" not in setting:
         assert "Conv 'conv2'" in {s.target for s in report.skipped}
+    if "min_channel_weights" in setting:
+        assert [row["node"] for row in report.details["layers"]] == ["fc1"]
+        assert "45 weights per output channel" in {s.target: s.reason for s in report.skipped}["Conv 'conv2'"]
 
 
-def test_refit_lowers_every_layer_error_and_output_error(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("alpha_dtype", ["float32", "uint8"])
+def test_refit_lowers_every_layer_error_and_output_error(rng: np.random.Generator, alpha_dtype: str) -> None:
     # setup
     model = _cnn(rng)
     calib, held_out = _inputs(rng, 128), {"x": _inputs(rng, 64)}
     ctx = PassContext(calibration=open_data([{"x": calib}], model))
     # execute
-    plain, _ = apply_pass(BinaryWeights(min_weights=0), model)
-    refit, report = apply_pass(BinaryWeights(min_weights=0), model, ctx)
+    plain, _ = apply_pass(BinaryWeights(min_weights=0, alpha_dtype=alpha_dtype), model)
+    refit, report = apply_pass(BinaryWeights(min_weights=0, alpha_dtype=alpha_dtype), model, ctx)
     # assert
     fits = report.details["refit_layers"]
     assert [f["layer"] for f in fits] == ["conv2", "conv3", "fc1"]
@@ -221,9 +309,11 @@ def test_refit_lowers_every_layer_error_and_output_error(rng: np.random.Generato
     assert np.square(run_model(refit, held_out)[0] - ref).mean() < np.square(run_model(plain, held_out)[0] - ref).mean()
 
 
-def test_onnxruntime_folds_the_unpacking(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("settings", [{"alpha_dtype": "float32"}, {"alpha_dtype": "float16"},
+                                      {"alpha_dtype": "uint8"}, {"alpha_dtype": "uint8", "bits": 2}])
+def test_onnxruntime_folds_the_unpacking(rng: np.random.Generator, settings: dict[str, object]) -> None:
     # execute
-    _, report = apply_pass(BinaryWeights(min_weights=0), _cnn(rng))
+    _, report = apply_pass(BinaryWeights(min_weights=0, **settings), _cnn(rng))
     # assert
     assert report.details["onnxruntime_unpack_nodes_left"] == 0
 
@@ -253,7 +343,8 @@ def test_second_run_changes_nothing(rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize(("settings", "opset", "match"), [
-    ({"bits": 3}, 17, "bits=3"), ({}, 10, "opset 10"), ({"op_types": ("Relu",)}, 17, "cannot binarise Relu")])
+    ({"bits": 3}, 17, "bits=3"), ({}, 10, "opset 10"), ({"op_types": ("Relu",)}, 17, "cannot binarise Relu"),
+    ({"alpha_dtype": "int4"}, 17, "alpha_dtype='int4'")])
 def test_preconditions(rng: np.random.Generator, settings: dict[str, object], opset: int, match: str) -> None:
     # setup: the opset is only relabelled (BitShift's presence is what matters)
     model = _cnn(rng)
@@ -370,8 +461,10 @@ def test_bundled_vgg_refit_lowers_errors_and_keeps_accuracy() -> None:
     assert accuracy["refit"] >= accuracy["plain"]
 
 
-def test_float16_weights_are_rebuilt_exactly_and_folded() -> None:
-    # setup: float16 MatMul chain; the middle weight is packed, its scales float16
+@pytest.mark.parametrize("alpha_dtype", ["float32", "uint8"])
+def test_float16_weights_are_rebuilt_exactly_and_folded(alpha_dtype: str) -> None:
+    # setup: float16 MatMul chain; the middle weight is packed, its scales float16 (the weight's
+    # dtype) or uint8 codes decoded in float32
     rng = np.random.default_rng(2)
     weights = {f"w{i}": rng.standard_normal(shape).astype(np.float16) for i, shape in enumerate([(8, 64), (64, 48), (48, 4)])}
     nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"),
@@ -384,13 +477,24 @@ def test_float16_weights_are_rebuilt_exactly_and_folded() -> None:
     model.ir_version = 8
     x = {"x": rng.standard_normal((5, 8)).astype(np.float16)}
     # execute
-    packed, report = apply_pass(BinaryWeights(min_weights=0), model)
+    packed, report = apply_pass(BinaryWeights(min_weights=0, alpha_dtype=alpha_dtype), model)
     unpacked, _ = apply_pass(UnpackBinary(), packed)
     # assert
     w1 = weights["w1"].astype(np.float64)
-    alpha = np.abs(w1).mean(axis=0).astype(np.float16)
-    expected = (alpha.astype(np.float32)[None, :] * np.where(w1 >= 0, 1, -1).astype(np.float32)).astype(np.float16)
+    alpha = np.abs(w1).mean(axis=0)
+    if alpha_dtype == "uint8":
+        (stored,) = decode_log([encode_log(alpha)], np.dtype(np.float32))
+    else:
+        stored = alpha.astype(np.float16).astype(np.float32)
+    expected = (stored[None, :] * np.where(w1 >= 0, 1, -1).astype(np.float32)).astype(np.float16)
     np.testing.assert_array_equal(_weights(unpacked)["w1"], expected)
-    assert report.details["layers"][0]["packed_bytes"] == 64 * 48 // 8 + 48 * 2
+    assert report.details["layers"][0]["packed_bytes"] == 64 * 48 // 8 + (48 * 2 if alpha_dtype == "float32" else 48 + 8)
     assert report.details["onnxruntime_unpack_nodes_left"] == 0
-    np.testing.assert_array_equal(run_model(packed, x)[0], run_model(unpacked, x)[0])
+    # the packed model computes exactly the unpacked weight; onnxruntime's float16 MatMul is not
+    # bit-reproducible between two models (it differs with identical inputs), so outputs are close only
+    probe = onnx.ModelProto()
+    probe.CopyFrom(packed)
+    probe.graph.output.append(onnx.ValueInfoProto(name="w1"))
+    out_packed, w1_packed = run_model(probe, x)
+    np.testing.assert_array_equal(w1_packed, _weights(unpacked)["w1"])
+    np.testing.assert_allclose(out_packed, run_model(unpacked, x)[0], rtol=1e-2, atol=1e-2)
