@@ -1,5 +1,8 @@
 """Benchmark of the binary pass: size, accuracy (plain vs refit vs 2-bit) and latency.
 
+Two size ratios, kept apart: the weight-bytes ratio (float / packed initializer payload, what the
+packing itself saves) and the file ratio (float / packed serialized ``ModelProto``, what a user sees
+on disk, which also counts the unpacking subgraphs' nodes, names and initializer headers).
 For each bundled model: whole-model and per-layer compression (uint8, float32 and float16 scales),
 top-1 accuracy on its eval.npz for the float model and several binary variants (refitted on its
 calib.npz), top-1 over several refit seeds for the scale storage and ``min_channel_weights``
@@ -80,6 +83,21 @@ def _apply(model: onnx.ModelProto, settings: dict[str, object], calib: Path | No
     return result.model, result.reports[0], time.perf_counter() - start
 
 
+def _payload(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers' values (``raw_data``, or the typed fields when there is none)."""
+    return sum(len(t.raw_data) if t.raw_data else t.ByteSize() for t in model.graph.initializer)
+
+
+def _graph_bytes_per_layer(float_model: onnx.ModelProto, packed: onnx.ModelProto, layers: int) -> str:
+    """What each packed layer adds to the file beyond its bit and scale bytes (serialized bytes less
+    the initializer values, packed minus float, per packed layer; the bit decoding shared by all
+    layers included)."""
+    if not layers:
+        return "-"
+    added = (packed.ByteSize() - _payload(packed)) - (float_model.ByteSize() - _payload(float_model))
+    return f"{added / layers:.0f}"
+
+
 def _latency(float_model: onnx.ModelProto, packed: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int) -> str:
     """Paired ratio packed / float. The float side goes through the same graph import/export as the
     packed one, so both reach onnxruntime in the same form (old models list their initializers as
@@ -130,7 +148,10 @@ def bench_bundled(folder: Path, name: str, runs: int) -> tuple[list[list[object]
     details = default.report.details
     size_row = [[name, details["model_bytes_before"], details["model_bytes_after"], f"{details['model_compression']:.2f}",
                  f"{other['fp32'].details['model_compression']:.2f}", f"{other['fp16'].details['model_compression']:.2f}",
+                 model.ByteSize(), default.model.ByteSize(),
                  f"{model.ByteSize() / default.model.ByteSize():.2f}", f"{model.ByteSize() / other_models['fp32'].ByteSize():.2f}",
+                 _graph_bytes_per_layer(model, default.model, len(details["layers"])),
+                 _graph_bytes_per_layer(model, other_models["fp32"], len(other["fp32"].details["layers"])),
                  len(details["layers"]), len(default.report.skipped),
                  details["onnxruntime_unpack_nodes_left"],
                  _latency(model, default.model, {"input": x[:LATENCY_BATCH]}, runs),
@@ -173,7 +194,9 @@ def bench_real(file: str, runs: int) -> list[object] | None:
              for spec in input_specs(model)}
     d = report.details
     return [file, f"{[o.version for o in original.opset_import]} -> 13", d["model_bytes_before"], d["model_bytes_after"],
-            f"{d['model_compression']:.2f}", len(d["layers"]), d["onnxruntime_unpack_nodes_left"],
+            f"{d['model_compression']:.2f}", model.ByteSize(), packed.ByteSize(), f"{model.ByteSize() / packed.ByteSize():.2f}",
+            _graph_bytes_per_layer(export(import_graph(model), model), packed, len(d["layers"])), len(d["layers"]),
+            d["onnxruntime_unpack_nodes_left"],
             _latency(model, packed, feeds, runs)]
 
 
@@ -202,32 +225,37 @@ def main() -> None:
         "(4096 rows per layer, 3 iterations, ridge weight chosen from 0.01/0.1/1 on held-out samples; the "
         "scales are coded after the last scale solve and one more sign sweep runs with the coded scales).",
         "### Size and latency (default settings, refitted)",
-        "Bytes are initializer bytes; 'whole-model x' is float / packed initializer bytes with the default "
-        "uint8 scales, then with fp32 and fp16 scales; 'serialized x' is float / packed `ModelProto.ByteSize()` "
-        "(the file), which also counts the unpacking subgraphs' nodes, names and value_info (uint8 scales add "
-        "2 nodes and 2 small initializers per layer, which outweigh the 3C - 8 bytes they save below ~200 channels). "
+        "Two ratios. Weight bytes: the initializers' values; 'weight-bytes x' is float / packed weight bytes "
+        "with the default uint8 scales, then with fp32 and fp16 scales (what the packing saves). File: the "
+        "serialized model (`ModelProto.ByteSize()`, the .onnx file); 'file x' is float / packed file bytes, "
+        "which also counts the unpacking subgraphs' nodes, names and initializer headers (no value_info). "
+        "'graph bytes / layer' is that part per packed layer: file less weight bytes, packed minus float, "
+        "divided by the packed layers (the bit decoding shared by all layers, ~750 bytes, included); uint8 "
+        "scales add 3 nodes and 2 scalars per layer (~145 bytes), which the 3C - 8 bytes they save pay for "
+        "above ~50 channels. "
         "Latency: packed / float32 median of per-pair ratios [p10, p90] over "
         f"{args.runs} paired runs, CPUExecutionProvider, 1 intra-op thread, ORT_ENABLE_ALL, batch "
         f"{LATENCY_BATCH} and batch 1 of eval inputs. 'ORT unpack nodes left' = unpacking-subgraph nodes left in the "
         "model onnxruntime writes after its session-start optimizations (0: folded into float initializers).",
-        markdown_table(["model", "float bytes", "packed bytes", "whole-model x", "whole-model x (fp32 scales)",
-                        "whole-model x (fp16 scales)", "serialized x", "serialized x (fp32 scales)", "packed layers",
-                        "layers left float",
+        markdown_table(["model", "float weight bytes", "packed weight bytes", "weight-bytes x",
+                        "weight-bytes x (fp32 scales)", "weight-bytes x (fp16 scales)", "float file bytes",
+                        "packed file bytes", "file x", "file x (fp32 scales)", "graph bytes / layer",
+                        "graph bytes / layer (fp32 scales)", "packed layers", "layers left float",
                         "ORT unpack nodes left", f"latency ratio (batch {LATENCY_BATCH})", "latency ratio (batch 1)"],
                        size_rows),
         "### Accuracy (top-1 on eval.npz; agreement = top-1 agreement with the float model)",
-        "Size ratio here is the serialized model (`ByteSize`), float / variant. 'refit lowered' counts "
+        "File bytes and 'file x' are the serialized model (`ByteSize`), float / variant. 'refit lowered' counts "
         "layers whose relative output error on the calibration rows went down.",
-        markdown_table(["model", "variant", "top-1", "agreement", "bytes", "size ratio", "refit lowered", "pass s"],
+        markdown_table(["model", "variant", "top-1", "agreement", "file bytes", "file x", "refit lowered", "pass s"],
                        acc_rows),
         f"### Scale storage and small-K layers over {args.seeds} refit seeds",
         "Top-1 on eval.npz of the refitted 1-bit model for seeds 0.."
         f"{args.seeds - 1} (the seed picks the calibration rows each layer's refit samples): mean, standard "
         "deviation, min, max, and the paired difference to the default in points (mean ± standard error). "
         "A single seed's top-1 moves by up to a point or two (the accuracy table above is seed 0). "
-        "Bytes as in the size table (initializer bytes, and the serialized model).",
+        "Bytes as in the size table (weight bytes, and the file).",
         markdown_table(["model", "variant", "top-1 mean", "sd", "min", "max", "variant - default (points)", "packed layers",
-                        "packed bytes", "whole-model x", "serialized bytes", "serialized x"], seed_rows),
+                        "packed weight bytes", "weight-bytes x", "packed file bytes", "file x"], seed_rows),
         "### Per-layer compression and refit error (default settings)",
         "Ratio = float32 bytes / (bit bytes + scale bytes), measured, with the default uint8 scales "
         "(C codes + 8 bytes of lo/step per layer; formula 32K/(K+8), which leaves out those 8 bytes), then with "
@@ -247,8 +275,12 @@ def main() -> None:
             "Converted with onnx.version_converter to opset 13 first (they import opset 7/9; BitShift is "
             "opset 11). No refit (no calibration data), no accuracy (no labelled data). The float side of "
             "the latency pair went through the same graph import/export (these files list initializers as "
-            "graph inputs, which keeps onnxruntime from folding BatchNormalization; the export drops them).",
-            markdown_table(["model", "opset", "float bytes", "packed bytes", "whole-model x", "packed layers",
+            "graph inputs, which keeps onnxruntime from folding BatchNormalization; the export drops them). "
+            "Weight bytes, file bytes and graph bytes / layer as in the size table; the float file is the "
+            "converted model, graph bytes / layer compare with it after the same import/export (which drops "
+            "the initializers' graph-input entries).",
+            markdown_table(["model", "opset", "float weight bytes", "packed weight bytes", "weight-bytes x",
+                            "float file bytes", "packed file bytes", "file x", "graph bytes / layer", "packed layers",
                             "ORT unpack nodes left", "latency ratio (batch 1)"], real_rows)])
     where = "" if args.models_dir == MODELS else f" --models-dir {args.models_dir}"
     write_section("binary", f".venv/bin/python bench/bench_binary.py --runs {args.runs} --seeds {args.seeds}{where}", body)

@@ -13,17 +13,19 @@
   solve can give one) is stored as its magnitude with the channel's signs flipped, which is the same
   weight (``alpha·B = (−alpha)·(−B)``).
 
-The uint8 decoding costs two nodes per plane: ``unit`` rides on the sign subgraph, which computes
-``±unit`` instead of ``±1`` from the stored scalar ``2·unit`` (``(bit − 0.5) · 2unit``, exact), and::
+The uint8 decoding costs three nodes per layer (both bit-planes of a 2-bit layer share them; the
+codes, ratios and units are stacked on a leading plane axis)::
 
-    power = Pow(ratio, Cast(codes, to=float32))     # codes in the broadcast shape of the scales
-          (· Sign(Cast(codes)) when the plane has a zero scale; Cast to the weight's dtype if not float32)
-    plane = Reshape(±unit) · power
+    exponent = Cast(codes, to=float32)              # codes in the broadcast shape of the scales
+    power    = Pow(ratio, exponent)
+               (· Sign(exponent) when a plane has a zero scale; Cast to the weight's dtype if not float32)
+    alpha    = unit · power
 
-Few nodes matter: each node and its output's value_info cost ~200 bytes of graph, as much as the
-scales of a 64-channel layer save. ``decode_log`` evaluates that same subgraph in onnxruntime, so the
-scales the refit works with and reports errors for are exactly the ones the packed model computes
-(``Pow`` is not bit-exact across implementations).
+Few nodes matter: the three nodes and two scalars cost ~145 bytes of graph per layer, as much as
+the uint8 codes of a 50-channel layer save over float32 scales (``3C - 8`` bytes). ``decode_log``
+evaluates that same subgraph in onnxruntime, so the scales the refit works with and reports errors
+for are exactly the ones the packed model computes (``Pow`` is not bit-exact across
+implementations).
 """
 
 from __future__ import annotations
@@ -65,12 +67,9 @@ class LogCodes:
     def has_zero(self) -> bool:
         return bool((self.codes == 0).any())
 
-    def sign_scale(self, dtype: np.dtype) -> np.ndarray:
-        """The stored scalar ``2·unit`` (in the dtype the subgraph computes in)."""
-        return np.array(2 * self.unit, dtype)
-
     def nbytes(self, dtype: np.dtype) -> int:
-        """Stored bytes: the codes, ``ratio`` and ``2·unit``."""
+        """Stored bytes: the codes, ``ratio`` (float32) and ``unit`` (in ``dtype``, the dtype the
+        unpacking subgraph computes in)."""
         return int(self.codes.nbytes) + 4 + np.dtype(dtype).itemsize
 
 
@@ -93,48 +92,52 @@ def encode_log(alphas: np.ndarray) -> LogCodes:
     return LogCodes(codes, unit, ratio)
 
 
-def add_node(graph: gs.Graph, op: str, name: str, inputs: list[gs.Tensor], dtype: np.dtype | type,
-             shape: Sequence[int], **attrs: object) -> gs.Variable:
-    """Append ``op`` to ``graph``; its one output is ``{name}/out``."""
-    out = gs.Variable(f"{name}/out", dtype=np.dtype(dtype), shape=list(shape))
+def add_node(graph: gs.Graph, op: str, name: str, inputs: list[gs.Tensor], output: str | None = None,
+             **attrs: object) -> gs.Variable:
+    """Append ``op`` named ``name`` to ``graph``; its one output is named ``output`` (default: the
+    node's name) and has no dtype or shape (the file then carries no value_info for it; shape
+    inference recovers both)."""
+    out = gs.Variable(output or name)
     graph.nodes.append(gs.Node(op, name, attrs=dict(attrs), inputs=inputs, outputs=[out]))
     return out
 
 
-def emit_power(graph: gs.Graph, prefix: str, coded: LogCodes, shape: Sequence[int], dtype: np.dtype,
-               names: set[str]) -> gs.Variable:
-    """Add ``ratio^codes`` (zero for code 0) in ``dtype`` to ``graph``, the codes stored in ``shape``;
-    the names of the nodes added go into ``names``."""
+def emit_scales(graph: gs.Graph, name: str, planes: Sequence[LogCodes], shape: Sequence[int], dtype: np.dtype,
+                names: set[str]) -> gs.Variable:
+    """Add ``alpha = unit · ratio^codes`` (zero for code 0) in ``dtype`` to ``graph`` as the tensor
+    ``name``; the codes are stored as ``{name}.c`` in ``shape``, with a leading plane axis when there is
+    more than one plane, ratio and unit as ``{name}.r`` and ``{name}.u`` (broadcasting per plane).
+    The names of the nodes added go into ``names``."""
+    stacked = len(planes) > 1
+    per_plane = [len(planes)] + [1] * len(shape) if stacked else []
 
-    def node(op: str, suffix: str, inputs: list[gs.Tensor], out: np.dtype | type = np.float32,
-             **attrs: object) -> gs.Variable:
-        names.add(f"{prefix}/{suffix}")
-        return add_node(graph, op, f"{prefix}/{suffix}", inputs, out, shape, **attrs)
+    def node(op: str, out: str, inputs: list[gs.Tensor], **attrs: object) -> gs.Variable:
+        names.add(out)
+        return add_node(graph, op, out, inputs, **attrs)
 
-    codes = gs.Constant(f"{prefix}/alpha_codes", coded.codes.reshape(shape))
-    ratio = gs.Constant(f"{prefix}/alpha_ratio", np.array(coded.ratio, np.float32))
-    exponent = node("Cast", "alpha_exponent", [codes], to=onnx.TensorProto.FLOAT)
-    power = node("Pow", "alpha_power", [ratio, exponent])
-    if coded.has_zero:
-        power = node("Mul", "alpha_zero", [power, node("Sign", "alpha_nonzero", [exponent])])
+    codes = np.stack([p.codes.reshape(shape) for p in planes]) if stacked else planes[0].codes.reshape(shape)
+    ratio = np.array([p.ratio for p in planes], np.float32).reshape(per_plane)
+    unit = np.array([p.unit for p in planes], dtype).reshape(per_plane)
+    exponent = node("Cast", f"{name}.e", [gs.Constant(f"{name}.c", codes)], to=onnx.TensorProto.FLOAT)
+    power = node("Pow", f"{name}.p", [gs.Constant(f"{name}.r", ratio), exponent])
+    if any(p.has_zero for p in planes):
+        power = node("Mul", f"{name}.z", [power, node("Sign", f"{name}.nz", [exponent])])
     if np.dtype(dtype) != np.float32:
-        power = node("Cast", "alpha_power_cast", [power], dtype, to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
-    return power
+        power = node("Cast", f"{name}.pc", [power], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+    return node("Mul", name, [gs.Constant(f"{name}.u", unit), power])
 
 
 def decode_log(planes: Sequence[LogCodes], dtype: np.dtype) -> list[np.ndarray]:
     """The scales ``unit · ratio^code`` ``[C]`` the packed model computes in ``dtype`` for each of
-    ``planes``: onnxruntime (optimizations off, CPU) runs the subgraph ``emit_power`` adds and the
-    product with ``unit`` that the sign subgraph contributes."""
+    ``planes``: onnxruntime (optimizations off, CPU) runs the subgraph ``emit_scales`` adds, with the
+    planes stacked as the packed model stacks them."""
     graph = gs.Graph(opset=DECODE_OPSET, name="alpha_decode")
-    outputs = []
-    for i, coded in enumerate(planes):
-        power = emit_power(graph, f"p{i}", coded, [len(coded.codes)], dtype, set())
-        unit = gs.Constant(f"p{i}/unit", np.array(coded.sign_scale(dtype) / 2, dtype))
-        outputs.append(add_node(graph, "Mul", f"p{i}/alpha", [unit, power], dtype, [len(coded.codes)]))
-    graph.outputs = outputs
+    alpha = emit_scales(graph, "a", planes, [len(planes[0].codes)], dtype, set())
+    alpha.dtype = np.dtype(dtype)
+    graph.outputs = [alpha]
     session = make_session(export(graph))
-    return list(session.run([t.name for t in outputs], {}))
+    (values,) = session.run([alpha.name], {})
+    return list(values) if len(planes) > 1 else [values]
 
 
 def compute_dtype(weight_dtype: np.dtype) -> np.dtype:

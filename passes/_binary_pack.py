@@ -2,31 +2,42 @@
 
 Bit order: the signs of a weight tensor are read in its stored layout (row-major, C order) and
 packed little-endian within each byte: bit ``j`` (value ``2**j``) of byte ``i`` holds the sign of
-flat element ``8*i + j``, ``1`` meaning +1 and ``0`` meaning -1 (a zero weight counts as +1). The
-last byte is padded with 0 bits. The bytes are a uint8 initializer of shape ``[ceil(N/8), 1]``
-(``numpy.packbits(bits, bitorder="little")``); the per-channel scales are an initializer shaped to
-broadcast against the weight (``[C, 1, 1, 1]`` for Conv): floats of the weight's dtype or float16,
-or uint8 log codes with their decoding subgraph (``passes._binary_alpha``).
+flat element ``8*i + j``, ``1`` meaning +1 and ``0`` meaning -1 (a zero weight counts as +1). A
+2-bit layer's two planes follow each other (plane 0 first). All packed layers of one run share one
+bit stream, each layer's signs following the previous layer's without padding; the last byte is
+padded with 0 bits. The bytes are a uint8 initializer of shape ``[ceil(N/8), 1]``
+(``numpy.packbits(bits, bitorder="little")``).
 
-The subgraph, per bit-plane ``p`` (opset >= 11; BitShift is defined for uint8)::
+The subgraph (opset >= 11; BitShift is defined for uint8), once per run and compute dtype ``T``
+(the weight's dtype, float32 for float16 weights)::
 
-    bits  = BitShift(BitShift(packed, [7, 6, ..., 0], LEFT), [7], RIGHT)  # uint8 [M, 8], column j = bit j
-    sign  = (Cast(bits, to=T) - 0.5) * 2    # ±1; T = W.dtype, or float32 for float16 weights;
-                                            # * 2·unit (±unit) for uint8 codes (passes._binary_alpha)
-    plane = Reshape(sign, W.shape) * alpha_p      # Reshape [-1] + Slice [0:N] first if N % 8 != 0;
-                                                  # alpha_p through Cast if stored as float16;
-                                                  # Pow(ratio, Cast(codes)) if stored as uint8 codes
-    W     = plane_0 (+ plane_1)                   # (Cast to float16 if T differs) named like the weight
+    binary/signs.hi  = BitShift(binary/signs.bits, binary/shifts=[7, 6, ..., 0], LEFT)   # uint8 [M, 8]
+    binary/signs.on  = Cast(BitShift(binary/signs.hi, binary/seven=[7], RIGHT), to=bool)  # column j = bit j
+    binary/signs     = Where(binary/signs.on, 1, -1)                                      # ±1 in T
+    <w>/b, ...       = Split(Reshape(binary/signs, [-1]), binary/signs.n)   # one ±1 run per layer (+ padding)
 
-All inputs are constants, so a runtime may fold the whole subgraph into a float initializer when
-the session starts (``unpack_nodes_left_by_onnxruntime`` measures whether onnxruntime does).
+and per layer, with weight ``<w>`` (``lead`` = ``[2]`` for 2-bit layers, nothing for 1-bit)::
+
+    <w>/b.s = Reshape(<w>/b, lead + W.shape)          # the shape tensor is shared by equal shapes
+    <w>/a   = scales in T, shape lead + broadcast shape of one plane's scales ([C, 1, 1, 1] for Conv):
+              the initializer itself, Cast(<w>/a.float16) when stored as float16, or
+              unit · ratio^codes from uint8 codes (passes._binary_alpha.emit_scales)
+    <w>     = <w>/b.s · <w>/a                          # 2-bit: ReduceSum over the plane axis;
+                                                       # float16 weights: Cast at the end
+
+Node names are their output's name; no unpacking tensor carries value_info (shape inference
+recovers types and shapes). All inputs are constants, so a runtime may fold the whole subgraph into
+float initializers when the session starts (``unpack_nodes_left_by_onnxruntime`` measures whether
+onnxruntime does); the products ``±1 · alpha`` and the sum of two planes are exact, so the weights
+equal ``Planes.dequantize``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -34,8 +45,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt.graph import default_opset
 from onnxopt.runtime import make_session
-from passes._binary_alpha import ScaleFormat, add_node, emit_power
+from passes._binary_alpha import ScaleFormat, add_node, emit_scales
 from passes._binary_layers import WeightLayer
 from passes._binary_refit import Planes
 
@@ -62,100 +74,165 @@ def unpack_signs(packed: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PackedSize:
-    """Bytes of one layer's weight before and after packing (bits + scales)."""
+    """Bytes of one layer's weight before and after packing (its share of the bit stream, rounded up
+    to whole bytes, plus its scales)."""
 
     float_bytes: int
     packed_bytes: int
+    #: the prefix of the layer's unpacking tensors and nodes (``b<i>/``)
+    prefix: str
 
     @property
     def ratio(self) -> float:
         return self.float_bytes / self.packed_bytes
 
 
+@dataclass
+class _Stream:
+    """The sign bits of the layers packed in one compute dtype, and the Split outputs they feed."""
+
+    dtype: np.dtype
+    signs: list[np.ndarray] = field(default_factory=list)
+    outputs: list[gs.Variable] = field(default_factory=list)
+
+
 class UnpackBuilder:
-    """Adds unpacking subgraphs to one graph, sharing the small constants between layers."""
+    """Adds unpacking subgraphs to one graph (``replace_weight`` per layer, then ``finish``), sharing
+    the bit stream, its decoding and the small constants between layers."""
 
     def __init__(self, graph: gs.Graph) -> None:
         self.graph = graph
+        self.opset = default_opset(graph)
         #: names of the nodes added (to find any a runtime leaves unfolded)
         self.node_names: set[str] = set()
-        # constants of an earlier run (the same values under the same names) are reused
-        self._constants: dict[str, gs.Tensor] = {
-            name: t for name, t in graph.tensors().items() if name.startswith("binary/") and isinstance(t, gs.Constant)}
+        self._tensors = graph.tensors()
+        self._taken = set(self._tensors) | {node.name for node in graph.nodes}
+        self._constants: dict[str, gs.Tensor] = {}
+        self._streams: dict[np.dtype, _Stream] = {}
+        self._next_index = 0
 
     def replace_weight(self, layer: WeightLayer, planes: Planes, fmt: ScaleFormat) -> PackedSize:
         """Feed ``layer`` from packed ``planes`` instead of its float weight initializer; the scales
         are stored in ``fmt`` (cast or decoded to the weight's dtype in the subgraph)."""
         weight = layer.weight
         dtype = fmt.compute
-        terms: list[gs.Variable] = []
-        packed_bytes = 0
-        for p in range(planes.bits):
-            prefix = f"{weight.name}/binary{p}"
-            packed = pack_signs(layer.from_matrix(planes.signs[p]))
-            scale: gs.Tensor
-            if planes.codes is not None:  # ±unit from the sign subgraph, ratio^code from emit_power
-                coded = planes.codes[p]
-                unit2 = gs.Constant(f"{prefix}/sign_scale", coded.sign_scale(dtype))
-                scale = emit_power(self.graph, prefix, coded, layer.alpha_shape(), dtype, self.node_names)
-                packed_bytes += packed.nbytes + coded.nbytes(dtype)
+        prefix = self._layer_prefix()
+        lead = [planes.bits] if planes.bits > 1 else []
+        stream = self._streams.setdefault(dtype, _Stream(dtype))
+        signs = np.stack([layer.from_matrix(planes.signs[p]) for p in range(planes.bits)])
+        flat = self._claim(gs.Variable(f"{prefix}b"))
+        stream.signs.append(signs.reshape(-1))
+        stream.outputs.append(flat)
+        shape = self._shared(f"binary/shape.{'x'.join(map(str, lead + list(weight.shape)))}",
+                             np.array(lead + list(weight.shape), np.int64))
+        shaped = self._node("Reshape", f"{prefix}b.s", [flat, shape])
+        alpha_shape = lead + layer.alpha_shape()
+        if planes.codes is not None:
+            scale = emit_scales(self.graph, f"{prefix}a", planes.codes, layer.alpha_shape(), dtype, self.node_names)
+            scale_bytes = sum(coded.nbytes(dtype) for coded in planes.codes)
+        else:
+            stored = planes.alphas.astype(fmt.dtype).reshape(alpha_shape)
+            scale_bytes = stored.nbytes
+            if fmt.dtype == dtype:
+                scale = gs.Constant(f"{prefix}a", stored)
             else:
-                unit2 = self._shared(f"binary/two_{dtype.name}", np.array(2, dtype))
-                scale = gs.Constant(f"{prefix}/alpha", planes.alphas[p].astype(fmt.dtype).reshape(layer.alpha_shape()))
-                packed_bytes += packed.nbytes + scale.values.nbytes
-            terms.append(self._plane(prefix, packed, unit2, scale, list(weight.shape), dtype))
-        out = gs.Variable(weight.name, dtype=weight.values.dtype, shape=list(weight.shape))
-        result = terms[0]
-        for i, term in enumerate(terms[1:], start=1):
-            result = self._node("Add", f"{weight.name}/binary/add{i}", [result, term], dtype, weight.shape)
+                scale = self._node("Cast", f"{prefix}a", [gs.Constant(f"{prefix}a.{fmt.dtype.name}", stored)],
+                                   to=_onnx_type(dtype))
+        steps: list[tuple[str, dict[str, object]]] = [("Mul", {})]
+        if lead:
+            steps.append(("ReduceSum", {"keepdims": 0}))
         if weight.values.dtype != dtype:
-            result = self._node("Cast", f"{weight.name}/binary/cast", [result], weight.values.dtype, weight.shape,
-                                to=_onnx_type(weight.values.dtype))
-        index = layer.node.inputs.index(weight)
-        self._rename_output(result, out)
-        layer.node.inputs[index] = out
-        return PackedSize(int(weight.values.nbytes), packed_bytes)
+            steps.append(("Cast", {"to": _onnx_type(weight.values.dtype)}))
+        result: gs.Tensor = shaped
+        for i, (op, attrs) in enumerate(steps):
+            inputs = [result, scale] if op == "Mul" else [result]
+            if op == "ReduceSum":
+                if self.opset >= 13:
+                    inputs.append(self._shared("binary/axis0", np.array([0], np.int64)))
+                else:
+                    attrs = {**attrs, "axes": [0]}
+            if i < len(steps) - 1:
+                result = self._node(op, f"{prefix}w.{op.lower()}", inputs, **attrs)
+            else:  # the unpacked weight keeps the weight's name
+                result = self._node(op, f"{prefix}w", inputs, output=weight.name, **attrs)
+        layer.node.inputs[layer.node.inputs.index(weight)] = result
+        return PackedSize(int(weight.values.nbytes), -(-signs.size // 8) + scale_bytes, prefix)
 
-    def _plane(self, prefix: str, packed: np.ndarray, unit2: gs.Tensor, scale: gs.Tensor, shape: list[int],
-               dtype: np.dtype) -> gs.Variable:
-        """``Reshape((bit − 0.5) · unit2) · scale`` for one bit-plane, in ``dtype``: ``unit2`` is 2 for
-        float scales, ``2·unit`` for uint8 codes (``scale = ratio^code``)."""
-        n, m = int(np.prod(shape)), packed.shape[0]
+    def finish(self) -> None:
+        """Add the bit streams and their decoding (after every ``replace_weight``)."""
+        for stream in self._streams.values():
+            self._decode(stream)
+        self._streams.clear()
+
+    def _decode(self, stream: _Stream) -> None:
+        base = self._stream_name(stream.dtype)
+        signs = np.concatenate(stream.signs)
+        packed = pack_signs(signs)
+        sizes = [s.size for s in stream.signs]
+        outputs = list(stream.outputs)
+        if 8 * packed.shape[0] != signs.size:  # the padding bits of the last byte
+            sizes.append(8 * packed.shape[0] - signs.size)
+            outputs.append(self._claim(gs.Variable(f"{base}.pad")))
         shifts = self._shared("binary/shifts", np.arange(7, -1, -1, dtype=np.uint8))
         seven = self._shared("binary/seven", np.array([7], np.uint8))
-        half = self._shared(f"binary/half_{dtype.name}", np.array(0.5, dtype))
-        bits = gs.Constant(f"{prefix}/bits", packed)
-        top = self._node("BitShift", f"{prefix}/shl", [bits, shifts], np.uint8, [m, 8], direction="LEFT")
-        bit = self._node("BitShift", f"{prefix}/shr", [top, seven], np.uint8, [m, 8], direction="RIGHT")
-        real = self._node("Cast", f"{prefix}/cast", [bit], dtype, [m, 8], to=_onnx_type(dtype))
-        centred = self._node("Sub", f"{prefix}/sub", [real, half], dtype, [m, 8])
-        sign = self._node("Mul", f"{prefix}/mul2", [centred, unit2], dtype, [m, 8])
-        if n != 8 * m:  # drop the padding bits of the last byte
-            zero = self._shared("binary/zero", np.array([0], np.int64))
-            flat = self._node("Reshape", f"{prefix}/flatten", [sign, self._shared("binary/flat", np.array([-1], np.int64))],
-                              dtype, [8 * m])
-            count = gs.Constant(f"{prefix}/count", np.array([n], np.int64))
-            sign = self._node("Slice", f"{prefix}/trim", [flat, zero, count, zero], dtype, [n])
-        shaped = self._node("Reshape", f"{prefix}/reshape", [sign, gs.Constant(f"{prefix}/shape", np.array(shape, np.int64))],
-                            dtype, shape)
-        if np.dtype(scale.dtype) != dtype:
-            scale = self._node("Cast", f"{prefix}/alpha_cast", [scale], dtype, scale.shape, to=_onnx_type(dtype))
-        return self._node("Mul", f"{prefix}/scale", [shaped, scale], dtype, shape)
+        one = self._shared(f"binary/one_{stream.dtype.name}", np.array(1, stream.dtype))
+        minus_one = self._shared(f"binary/minus_one_{stream.dtype.name}", np.array(-1, stream.dtype))
+        top = self._node("BitShift", f"{base}.hi", [gs.Constant(f"{base}.bits", packed), shifts], direction="LEFT")
+        bit = self._node("BitShift", f"{base}.bit", [top, seven], direction="RIGHT")
+        on = self._node("Cast", f"{base}.on", [bit], to=onnx.TensorProto.BOOL)
+        sign = self._node("Where", base, [on, one, minus_one])
+        flat = self._node("Reshape", f"{base}.flat", [sign, self._shared("binary/flat", np.array([-1], np.int64))])
+        split_sizes = np.array(sizes, np.int64)
+        if self.opset >= 13:
+            split = gs.Node("Split", f"{base}.split", attrs={"axis": 0},
+                            inputs=[flat, gs.Constant(f"{base}.n", split_sizes)], outputs=outputs)
+        else:
+            split = gs.Node("Split", f"{base}.split", attrs={"axis": 0, "split": split_sizes.tolist()},
+                            inputs=[flat], outputs=outputs)
+        self.node_names.add(split.name)
+        self.graph.nodes.append(split)
 
-    def _node(self, op: str, name: str, inputs: list[gs.Tensor], dtype: np.dtype | type, shape: Sequence[int],
+    def _node(self, op: str, name: str, inputs: list[gs.Tensor], output: str | None = None,
               **attrs: object) -> gs.Variable:
         self.node_names.add(name)
-        return add_node(self.graph, op, name, inputs, dtype, shape, **attrs)
+        self._taken.add(name)
+        return add_node(self.graph, op, name, inputs, output=output, **attrs)
+
+    def _claim(self, tensor: gs.Variable) -> gs.Variable:
+        self._taken.add(tensor.name)
+        return tensor
+
+    def _layer_prefix(self) -> str:
+        """``b<i>/`` with the first ``i`` under which the model has no tensor or node yet."""
+        self._next_index = next(i for i in itertools.count(self._next_index)
+                                if not any(name.startswith(f"b{i}/") for name in self._taken))
+        self._next_index += 1
+        return f"b{self._next_index - 1}/"
+
+    def _stream_name(self, dtype: np.dtype) -> str:
+        """``binary/signs`` (``_float64`` for float64 weights), numbered if an earlier run took it."""
+        suffix = "" if dtype == np.float32 else f"_{dtype.name}"
+        base = next(base for base in (f"binary/signs{i if i > 1 else ''}{suffix}" for i in itertools.count(1))
+                    if not any(name == base or name.startswith(f"{base}.") for name in self._taken))
+        self._taken.add(base)
+        return base
 
     def _shared(self, name: str, values: np.ndarray) -> gs.Tensor:
-        if name not in self._constants:
-            self._constants[name] = gs.Constant(name, values)
-        return self._constants[name]
-
-    @staticmethod
-    def _rename_output(produced: gs.Variable, final: gs.Variable) -> None:
-        node = produced.inputs[0]
-        node.outputs[0] = final
+        """The constant ``values`` under ``name`` (numbered if the model holds other values under it),
+        one tensor for the whole model."""
+        i = 1
+        while True:
+            candidate = name if i == 1 else f"{name}~{i}"
+            found = self._constants.get(candidate, self._tensors.get(candidate))
+            if found is None:
+                self._constants[candidate] = gs.Constant(candidate, values)
+                self._taken.add(candidate)
+                return self._constants[candidate]
+            if (isinstance(found, gs.Constant) and found.values.dtype == values.dtype
+                    and np.array_equal(found.values, values)):
+                self._constants[candidate] = found
+                return found
+            i += 1
 
 
 def _onnx_type(dtype: np.dtype) -> int:

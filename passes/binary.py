@@ -3,16 +3,21 @@
 Each selected Conv/Gemm/MatMul weight becomes ``W ≈ alpha · sign(W)`` per output channel (or two
 bit-planes, ``alpha1·B1 + alpha2·B2``, with ``bits=2``). The signs are packed 8 per byte into a
 uint8 initializer and the scales stored once per channel, by default as uint8 log-scale codes
-(``passes._binary_alpha``); a subgraph of standard ops (BitShift/Cast/Sub/Mul/Reshape, and Pow for
-uint8 scales) in front of the layer rebuilds the float weight, so any onnxruntime loads and runs the
-model unchanged. Bit order (see ``passes._binary_pack``): little-endian within a byte, bit ``j`` of
-byte ``i`` holds the sign of flat element ``8*i + j`` of the weight in its stored row-major layout;
-1 = +1, 0 = -1 (zero counts as +1). A float32 layer of ``C`` channels with ``K`` weights each shrinks
-from ``4CK`` bytes to ``C(K/8 + 1) + 8`` per bit-plane with uint8 scales, about ``32K / (K + 8)``
-times; ``C(K/8 + 2)`` and ``32K / (K + 16)`` with float16, ``C(K/8 + 4)`` and ``32K / (K + 32)``
-with float32 scales (``alpha_dtype``). onnxruntime constant-folds the unpacking subgraphs when a session
-starts (measured, ``details["onnxruntime_unpack_nodes_left"]``), so the packed model runs at the
-float model's speed; it is smaller on disk and in transit, not faster.
+(``passes._binary_alpha``). A subgraph of standard ops rebuilds the float weights, so any
+onnxruntime loads and runs the model unchanged (``passes._binary_pack``): one
+BitShift/Cast/Where/Split chain per model decodes the bits of every packed layer, then per layer a
+Reshape and a Mul apply the scales (Cast, Pow and Mul decode uint8 codes first). Bit order:
+little-endian within a byte, bit ``j`` of byte ``i`` holds the sign of flat element ``8*i + j`` of
+the weight in its stored row-major layout; 1 = +1, 0 = -1 (zero counts as +1).
+
+A float32 layer of ``C`` channels with ``K`` weights each shrinks from ``4CK`` bytes to
+``C(K/8 + 1) + 8`` per bit-plane with uint8 scales, about ``32K / (K + 8)`` times;
+``C(K/8 + 2)`` and ``32K / (K + 16)`` with float16, ``C(K/8 + 4)`` and ``32K / (K + 32)`` with
+float32 scales (``alpha_dtype``). The file carries ~90 bytes of graph per packed layer beyond those
+(~235 with uint8 scales), and ~750 once per model for the bit decoding. onnxruntime constant-folds
+the unpacking subgraphs when a session starts (measured,
+``details["onnxruntime_unpack_nodes_left"]``), so the packed model runs at the float model's speed;
+it is smaller on disk and in transit, not faster.
 
 With calibration data the signs and scales are refitted layer by layer in graph order by the
 alternating update (``passes._binary_refit``): each layer's input comes from the already binarised
@@ -85,8 +90,9 @@ class BinaryWeights(Pass):
                 "lo/step per layer and bit-plane in two float32 scalars (C + 8 bytes; a float32 layer shrinks "
                 "32K/(K+8) times: K=144 30.3x, K=288 31.1x), float16 (32K/(K+16)) or float32, i.e. the "
                 "weight's dtype (32K/(K+32): K=144 26.2x). uint8 is the default: it loses at most 0.1 point of "
-                "top-1 against float32 on the bundled models (mean of 16 refit seeds). It adds 2 nodes per layer (~0.6 kB "
-                "of graph), so the file itself only shrinks for layers with more than ~200 channels"})
+                "top-1 against float32 on the bundled models (mean of 16 refit seeds). Decoding the codes adds 3 nodes and "
+                "2 scalars per layer (~145 bytes of graph), so the file itself only shrinks for layers with more than "
+                "~50 channels"})
     pack: bool = field(default=True, metadata={
         "help": "pack the bits (false: write the binarised weights as plain float initializers)"})
     hwgq: bool = field(default=False, metadata={
@@ -179,12 +185,13 @@ class BinaryWeights(Pass):
             if self.pack:
                 size = builder.replace_weight(layer, code, formats[layer.name])
                 sizes = {"float_bytes": size.float_bytes, "packed_bytes": size.packed_bytes,
-                         "compression": round(size.ratio, 3)}
+                         "compression": round(size.ratio, 3), "unpack_prefix": size.prefix}
             else:
                 index = layer.node.inputs.index(layer.weight)
                 layer.node.inputs[index] = gs.Constant(layer.weight.name, layer.from_matrix(code.dequantize(dtype)))
                 sizes = {}
             rows.append({"node": layer.name, "op": layer.node.op, "channels": layer.channels, "k": layer.k, **sizes})
+        builder.finish()
         report.details["layers"] = rows
         return builder.node_names
 

@@ -4,6 +4,8 @@ Every constant subgraph that unpacks bits (it contains a BitShift and all its in
 constants) is evaluated once in onnxruntime, with the same kernels a session would run, and
 replaced by the float initializer it computes, under the same tensor name. The result needs no
 bitwise ops, so runtimes without BitShift can run it, and its outputs equal the packed model's.
+The subgraphs are found by their ops, not their names, so models packed by earlier versions (one
+bit-decoding chain per layer, names under ``<weight>/binary0/``) unpack the same way.
 """
 
 from __future__ import annotations
