@@ -156,10 +156,20 @@ def summarize_details(details: dict[str, Any], width: int = DETAIL_WIDTH) -> str
             parts.append(f"{key}={value:.4g}")
         elif isinstance(value, (int, str, bool)) or value is None:
             parts.append(f"{key}={value}")
+        elif isinstance(value, dict) and 0 < len(value) <= 3 and all(_scalar(v) for v in value.values()):
+            parts.append(f"{key}=" + " ".join(f"{k}:{_short(v)}" for k, v in value.items()))
         elif hasattr(value, "__len__"):
-            parts.append(f"{key}=[{len(value)}]")
+            parts.append(f"{key}=({len(value)} {'entries' if isinstance(value, dict) else 'items'})")
     text = ", ".join(parts)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def render_pass_list(classes: Sequence[type[Pass]]) -> RenderableType:

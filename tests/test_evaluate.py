@@ -378,3 +378,14 @@ def test_random_source_is_what_none_means(weight: np.ndarray) -> None:
     cmp = compare(model, model, RandomSource(input_specs(model), samples=10), latency_runs=0)
     # assert
     assert cmp.synthetic and cmp.samples == 10
+
+
+@pytest.mark.parametrize(("details", "expected"), [
+    ({"method": "minmax", "ratio": 0.123456, "per_channel": True}, "method=minmax, ratio=0.1235, per_channel=True"),
+    ({"folded_into": {"Conv": 16}}, "folded_into=Conv:16"),
+    ({"layers": [1, 2, 3], "big": {str(i): i for i in range(5)}}, "layers=(3 items), big=(5 entries)"),
+])
+def test_pass_details_summary(details: dict, expected: str) -> None:
+    from onnxopt.render import summarize_details
+
+    assert summarize_details(details, width=200) == expected
