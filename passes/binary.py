@@ -40,8 +40,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import default_opset, export
+from onnxopt.graph import default_opset, export, subgraphs
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
+from onnxopt.settings_check import require_known
 from passes import _binary_hwgq as hwgq
 from passes._binary_alpha import AlphaDtype, ScaleFormat
 from passes._binary_layers import SUPPORTED_OPS, WeightLayer, select_layers
@@ -112,6 +113,8 @@ class BinaryWeights(Pass):
                                     f"{', '.join(SUPPORTED_OPS)}")
         if self.refit_iterations < 1 or self.refit_rows < 1 or not self.refit_ridge or min(self.refit_ridge) < 0:
             raise PreconditionError("binary: refit_iterations and refit_rows must be >= 1, refit_ridge non-empty and >= 0")
+        require_known("binary", "exclude_nodes", self.exclude_nodes,
+                      [n.name for g in [graph, *subgraphs(graph)] for n in g.nodes if n.name], "node names of the model")
         opset = default_opset(graph)
         needed = max(MIN_OPSET if self.pack else 0, hwgq.MIN_OPSET if self.hwgq else 0)
         if opset < needed:

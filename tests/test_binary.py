@@ -487,7 +487,8 @@ def test_second_run_changes_nothing(rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize(("settings", "opset", "match"), [
     ({"bits": 3}, 17, "bits=3"), ({}, 10, "opset 10"), ({"op_types": ("Relu",)}, 17, "cannot binarise Relu"),
-    ({"alpha_dtype": "int4"}, 17, "alpha_dtype='int4'")])
+    ({"alpha_dtype": "int4"}, 17, "alpha_dtype='int4'"),
+    ({"exclude_nodes": ("conv4",)}, 17, r"exclude_nodes: 'conv4' \(did you mean 'conv.'\?\) not found")])
 def test_preconditions(rng: np.random.Generator, settings: dict[str, object], opset: int, match: str) -> None:
     # setup: the opset is only relabelled (BitShift's presence is what matters)
     model = _cnn(rng)
