@@ -51,6 +51,20 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 COMMAND = ".venv/bin/python bench/bench_fp16.py"
 
 
+def _fashion_mnist_images(count: int) -> tuple[np.ndarray, str]:
+    """``count`` Fashion-MNIST test images as 0-255 float32 ``[count, 1, 1, 28, 28]``: from the Debian
+    package when installed, else from the bundled resnet_fmnist evaluation set (the same test split,
+    normalisation undone)."""
+    if FMNIST.is_file():
+        with gzip.open(FMNIST) as f:
+            raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 1, 28, 28)[:count]
+        return raw.astype(np.float32), "Debian dataset-fashion-mnist"
+    with np.load(MODELS / "resnet_fmnist.eval.npz") as npz:
+        x = npz["input"][:count]
+    pixels = np.clip(np.round((x * 0.3530 + 0.2860) * 255), 0, 255).astype(np.float32)
+    return pixels.reshape(-1, 1, 1, 28, 28), "bundled resnet_fmnist.eval.npz"
+
+
 @dataclass
 class Case:
     name: str
@@ -98,11 +112,10 @@ def shared_cases() -> list[Case]:
 
     cases = []
     mnist = onnx.load(str(SHARED_MODELS / "mnist.onnx"))
-    with gzip.open(FMNIST) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 1, 28, 28)[:300].astype(np.float32)
+    images, origin = _fashion_mnist_images(300)
     name = input_specs(mnist)[0].name
     cases.append(Case("mnist.onnx", mnist, [{name: im} for im in images],
-                      "300 Fashion-MNIST test images, 0-255 (real images, not digits: agreement only)",
+                      f"300 Fashion-MNIST test images ({origin}), 0-255 (real images, not digits: agreement only)",
                       calibration=open_data([{name: im} for im in images[:32]], mnist)))
 
     squeeze = upcast_float16(onnx.load(str(SHARED_MODELS / "SqueezeNet_fp16.onnx")))

@@ -47,6 +47,11 @@ class CpuInfo:
         return asdict(self)
 
     @property
+    def family(self) -> str | None:
+        """``x86``, ``arm`` or ``None`` (another architecture)."""
+        return _arch_family(self.arch)
+
+    @property
     def int8_dot_text(self) -> str:
         """``unknown``, ``no`` or the flags found, for reports."""
         if self.int8_dot is None:

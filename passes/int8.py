@@ -27,6 +27,7 @@ from onnxopt.calibration import Method, Observer, QParams, qparams_from_range
 from onnxopt.data import DataSource
 from onnxopt.errors import PreconditionError
 from onnxopt.graph import default_opset, export, import_graph, replace_contents
+from onnxopt.hardware import cpu_info
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from passes._int8_emit import EmitResult, apply_plan
 from passes._int8_measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
@@ -68,9 +69,12 @@ class Int8(Pass):
         "help": "one weight scale per output channel (needs opset >= 13); false: one per tensor (opset >= 10)"})
     activation_type: Literal["uint8", "int8"] = field(default="uint8", metadata={
         "help": "uint8 asymmetric (default) or int8 symmetric activations"})
-    reduce_range: bool = field(default=True, metadata={
-        "help": "int8 weights in [-63, 63]: x86 CPUs without VNNI multiply uint8 x int8 pairs into a saturating "
-                "int16 (vpmaddubsw), which full-range weights can overflow; false: [-127, 127] (VNNI, ARM)"})
+    reduce_range: bool | None = field(default=None, metadata={
+        "help": "true: int8 weights in [-63, 63], because x86 CPUs without VNNI multiply uint8 x int8 pairs into "
+                "a saturating int16 (vpmaddubsw) that full-range weights can overflow; false: [-127, 127] (VNNI, "
+                "AMX, ARM, GPUs); none (default): decided for the CPU onnxopt runs on when the provider is the CPU "
+                "(reduced only on x86 without int8 dot-product instructions), full range otherwise; set it "
+                "explicitly when the deployment CPU differs"})
     exclude_ops: tuple[str, ...] = field(default=(), metadata={"help": "op types left in float"})
     exclude_nodes: tuple[str, ...] = field(default=(), metadata={"help": "node names left in float"})
     keep_first_last: bool = field(default=False, metadata={
@@ -111,6 +115,16 @@ class Int8(Pass):
         check_opset(graph, self.per_channel, self.upgrade_opset)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
+        self._reduce, why = self._resolve_reduce_range(ctx)
+        report = self._quantize(graph, ctx)
+        if why is not None and report.modified:
+            report.details["reduce_range"] = {"value": self._reduce, "decided_for": why}
+            bound = 63 if self._reduce else 127
+            report.notes.append(f"reduce_range={str(self._reduce).lower()} (int8 weights in [-{bound}, {bound}]) "
+                                f"chosen for {why}; set reduce_range explicitly for another deployment CPU")
+        return report
+
+    def _quantize(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         report = PassReport(self.name)
         work = import_graph(export(graph))  # preparing changes the model; kept only if something is quantized
         self._prepare(work, ctx, report)
@@ -143,7 +157,7 @@ class Int8(Pass):
             replace_contents(graph, import_graph(model))
         self._describe(report, plan, emitted, observers, params, samples, ctx.calibration)
         probe = next(iter(data.batches(self.batch_size)))
-        hint = "another provider or kernel?" if self.reduce_range else "int16 saturation? reduce_range=true avoids it"
+        hint = "another provider or kernel?" if self._reduce else "int16 saturation? reduce_range=true avoids it"
         _note_fusion(report, fusion_report(model, plan, ctx.providers, probe), ctx.providers, hint)
         return report
 
@@ -177,9 +191,20 @@ class Int8(Pass):
             report.notes.append(f"gave {renamed} unnamed or duplicate-named node(s) unique names")
         graph.toposort()
 
+    def _resolve_reduce_range(self, ctx: PassContext) -> tuple[bool, str | None]:
+        """The weight range to use and, when decided automatically, what it was decided for."""
+        if self.reduce_range is not None:
+            return self.reduce_range, None
+        provider = ctx.providers[0] if ctx.providers else "CPUExecutionProvider"
+        if provider != "CPUExecutionProvider":
+            return False, provider
+        cpu = cpu_info()
+        reduce = cpu.family == "x86" and cpu.int8_dot is not True
+        return reduce, f"{cpu.model_name} ({cpu.arch}; int8 dot-product: {cpu.int8_dot_text})"
+
     def _plan_settings(self, keep_float: Mapping[str, str]) -> PlanSettings:
         return PlanSettings(symmetric=self.symmetric, per_channel=self.per_channel,
-                            weight_bound=63 if self.reduce_range else 127,
+                            weight_bound=63 if self._reduce else 127,
                             exclude_ops=frozenset(self.exclude_ops), exclude_nodes=frozenset(self.exclude_nodes),
                             keep_first_last=self.keep_first_last, keep_float=dict(keep_float))
 

@@ -142,7 +142,7 @@ def test_conv_transpose_uses_axis_one(rng: np.random.Generator) -> None:
     model = _model(nodes, {"w": w, "b": rng.standard_normal(5)}, ["N", 3, 4, 4], ["N", 5, 8, 8])
     x = rng.standard_normal((8, 3, 4, 4)).astype(np.float32)
     # execute
-    out, report = apply_pass(Int8(), model, _ctx(model, x))
+    out, report = apply_pass(Int8(reduce_range=True), model, _ctx(model, x))
     # assert
     assert helper.get_attribute_value(_node(out, "w_DQ").attribute[0]) == 1
     np.testing.assert_allclose(_initializer(out, "w_s"), np.abs(w).max(axis=(0, 2, 3)) / 63, rtol=1e-6)
@@ -575,3 +575,23 @@ def test_bundled_model_size_and_accuracy(name: str) -> None:
     acc_int8 = np.mean(run_model(out, {"input": x})[0].argmax(1) == labels)
     acc_fused = np.mean(make_session(out, optimize=True).run(None, {"input": x})[0].argmax(1) == labels)
     assert acc_float - acc_int8 <= 0.005 and acc_float - acc_fused <= 0.005
+
+
+def test_automatic_weight_range_follows_this_cpu_and_is_reported(rng: np.random.Generator) -> None:
+    from onnxopt.hardware import cpu_info
+
+    # setup: reduced 7-bit weights only on x86 without int8 dot-product instructions (saturating int16)
+    model = _cnn(rng)
+    x = rng.standard_normal((16, 2, 8, 8)).astype(np.float32)
+    cpu = cpu_info()
+    expected = cpu.family == "x86" and cpu.int8_dot is not True
+    # execute
+    auto, auto_report = apply_pass(Int8(), model, _ctx(model, x))
+    fixed, fixed_report = apply_pass(Int8(reduce_range=not expected), model, _ctx(model, x))
+    # assert
+    assert auto_report.details["reduce_range"]["value"] is expected
+    assert any(n.startswith(f"reduce_range={str(expected).lower()}") for n in auto_report.notes)
+    assert "reduce_range" not in fixed_report.details
+    bound = 63 if expected else 127
+    assert np.abs(_initializer(auto, "w1_q").astype(np.int32)).max() == bound
+    assert np.abs(_initializer(fixed, "w1_q").astype(np.int32)).max() == (127 if expected else 63)
