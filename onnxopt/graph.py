@@ -8,6 +8,7 @@ user's model had apart from what the passes changed.
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 import numpy as np
 import onnx
@@ -128,3 +129,25 @@ def subgraphs(graph: gs.Graph) -> list[gs.Graph]:
                 found.append(value)
                 found.extend(subgraphs(value))
     return found
+
+
+class FreshNames:
+    """Names that collide with none taken so far: ``fresh(base)`` is ``base`` when free, else
+    ``base_1``, ``base_2``, ..."""
+
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self._taken = set(taken)
+
+    @classmethod
+    def of(cls, graph: gs.Graph) -> FreshNames:
+        """Everything named in ``graph`` and its subgraphs: tensors and nodes."""
+        scopes = [graph, *subgraphs(graph)]
+        return cls([*(name for g in scopes for name in g.tensors()), *(n.name for g in scopes for n in g.nodes)])
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self._taken:
+            i += 1
+            name = f"{base}_{i}"
+        self._taken.add(name)
+        return name

@@ -40,7 +40,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
-from onnxopt.graph import export, import_graph, subgraphs
+from onnxopt.graph import FreshNames, export, import_graph, subgraphs
 from onnxopt.runtime import iter_activations, make_session, with_outputs
 from passes._fp16_convert import F16, F32, node_key, node_label
 
@@ -130,14 +130,10 @@ def materialise_float16(graph: gs.Graph) -> None:
     """Make the runtime round each float16 node output of ``graph`` and its subgraphs to float16:
     ``node -> raw -> Identity -> Cast(to=float16) -> out``."""
     scopes = [graph, *subgraphs(graph)]
-    names = {name for g in scopes for name in g.tensors()}
+    names = FreshNames.of(graph)
 
     def fresh(base: str) -> gs.Variable:
-        name, i = base, 1
-        while name in names:
-            name, i = f"{base}_{i}", i + 1
-        names.add(name)
-        return gs.Variable(name, dtype=F16)
+        return gs.Variable(names.fresh(base), dtype=F16)
 
     for g in scopes:
         for node in list(g.nodes):

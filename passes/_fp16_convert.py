@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import subgraphs
+from onnxopt.graph import FreshNames, subgraphs
 from passes._fp16_probe import KernelProbe
 from passes._fp16_schema import bindings, find_schema, has_attribute, node_id
 
@@ -168,16 +168,14 @@ class Converter:
         # every map is keyed by tensor identity: names repeat across subgraph scopes
         self.orig = TensorMap[np.dtype | None]()
         self.owner = TensorMap[gs.Graph]()
-        self.names: set[str] = set()
+        self.names = FreshNames.of(graph)
         self.graphs = [graph, *subgraphs(graph)]
         for g in self.graphs:
             for t in g.tensors().values():
                 self.orig.setdefault(t, _dtype(t))
-                self.names.add(t.name)
             for t in g.inputs:
                 self.owner[t] = g
             for node in g.nodes:
-                self.names.add(node.name)
                 for t in node.outputs:
                     self.owner[t] = g
         #: source tensor -> (type name, id of the scope) -> its Cast output
@@ -327,8 +325,8 @@ class Converter:
         made = self.casts.setdefault(source, {})
         key = (want.name, id(scope))
         if key not in made:
-            out = gs.Variable(self._fresh(f"{source.name}_{want.name}"), dtype=want, shape=source.shape)
-            scope.nodes.append(gs.Node("Cast", self._fresh(f"{out.name}_cast"),
+            out = gs.Variable(self.names.fresh(f"{source.name}_{want.name}"), dtype=want, shape=source.shape)
+            scope.nodes.append(gs.Node("Cast", self.names.fresh(f"{out.name}_cast"),
                                        {"to": onnx.helper.np_dtype_to_tensor_dtype(want)}, [source], [out]))
             self.owner[out] = scope
             made[key] = out
@@ -348,7 +346,7 @@ class Converter:
 
     def _split_output(self, out: gs.Variable, scope: gs.Graph) -> None:
         """``producer -> out(fp16)`` becomes ``producer -> half -> Cast -> out(fp32)``."""
-        half = gs.Variable(self._fresh(f"{out.name}_float16"), dtype=F16, shape=out.shape)
+        half = gs.Variable(self.names.fresh(f"{out.name}_float16"), dtype=F16, shape=out.shape)
         self.owner[half] = scope
         consumers = list(out.outputs)
         producer = out.inputs[0]
@@ -366,7 +364,7 @@ class Converter:
             cast.outputs.clear()
             self.outcome.casts_added -= 1
         out.dtype = F32
-        scope.nodes.append(gs.Node("Cast", self._fresh(f"{out.name}_cast"), {"to": onnx.TensorProto.FLOAT},
+        scope.nodes.append(gs.Node("Cast", self.names.fresh(f"{out.name}_cast"), {"to": onnx.TensorProto.FLOAT},
                                    [half], [out]))
         self.casts[half] = {(F32.name, id(scope)): out}
         self.outcome.casts_added += 1
@@ -399,12 +397,6 @@ class Converter:
         self.outcome.tiny_values_raised += raised
         return half
 
-    def _fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
-        return name
 
 
 def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.calibration import QParams, qparams_from_range, quantize_weight
-from onnxopt.graph import constant_value
+from onnxopt.graph import FreshNames, constant_value
 from passes._int8_plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -44,15 +44,11 @@ class Emitter:
         self.graph = graph
         self.weight_bound = weight_bound
         self.floors = floors or {}
-        self._names = {t for t in graph.tensors()} | {n.name for n in graph.nodes}
+        self._names = FreshNames.of(graph)
         self._weights: dict[tuple[str, int | None], tuple[gs.Constant, gs.Constant, gs.Constant, np.ndarray]] = {}
 
     def name(self, base: str) -> str:
-        candidate, i = base, 1
-        while candidate in self._names:
-            candidate, i = f"{base}_{i}", i + 1
-        self._names.add(candidate)
-        return candidate
+        return self._names.fresh(base)
 
     def _param_constants(self, key: str, qp: QParams) -> tuple[gs.Constant, gs.Constant]:
         """A scale and a zero point of one Q/DQ pair. Pairs never share them, even when the values are

@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import constant_value, default_opset, export, import_graph, replace_contents
+from onnxopt.graph import FreshNames, constant_value, default_opset, export, import_graph, replace_contents
 from onnxopt.ops import INTEGER_OPS, QDQ_OPS
 
 logger = logging.getLogger(__name__)
@@ -132,18 +132,8 @@ def has_foldable_nodes(graph: gs.Graph) -> bool:
 
 def unique_names(graph: gs.Graph) -> list[str]:
     """The name of each node once unnamed and duplicate-named ones get unique names."""
-    seen: set[str] = set()
-    names = []
-    for i, node in enumerate(graph.nodes):
-        name = node.name
-        if not name or name in seen:
-            base = name or f"{node.op}_{i}"
-            name, k = base, 1
-            while name in seen:
-                name, k = f"{base}_{k}", k + 1
-        seen.add(name)
-        names.append(name)
-    return names
+    seen = FreshNames()
+    return [seen.fresh(node.name or f"{node.op}_{i}") for i, node in enumerate(graph.nodes)]
 
 
 def name_nodes(graph: gs.Graph) -> int:

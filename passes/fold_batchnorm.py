@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import constant_value, default_opset
+from onnxopt.graph import FreshNames, constant_value, default_opset
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from passes._canonical_util import all_graphs, node_label, owns
 
@@ -92,22 +92,7 @@ def _fold_into(producer: gs.Node, a: np.ndarray, b: np.ndarray) -> tuple[np.ndar
     return w, beta * bias * a + b
 
 
-class _Names:
-    """Fresh tensor names that collide with nothing in the graph."""
-
-    def __init__(self, graph: gs.Graph) -> None:
-        self._taken = {name for g in all_graphs(graph) for name in g.tensors()}
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self._taken:
-            i += 1
-            name = f"{base}_{i}"
-        self._taken.add(name)
-        return name
-
-
-def _fold_batchnorm(bn: gs.Node, g: gs.Graph, opset: int, names: _Names) -> None:
+def _fold_batchnorm(bn: gs.Node, g: gs.Graph, opset: int, names: FreshNames) -> None:
     a, b = _bn_affine(bn, opset)
     producer = _producer(bn, g)
     weight, bias = _fold_into(producer, a, b)
@@ -137,7 +122,7 @@ class FoldBatchNorm(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         report = PassReport(self.name)
-        opset, names = default_opset(graph), _Names(graph)
+        opset, names = default_opset(graph), FreshNames.of(graph)
         folded_into: dict[str, int] = {}
         for g in all_graphs(graph):
             for bn in [n for n in g.nodes if n.op == "BatchNormalization"]:

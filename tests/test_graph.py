@@ -64,3 +64,10 @@ def test_same_name_with_different_values_in_two_branches_stays_local() -> None:
     for cond in (True, False):
         feeds = {"x": x, "c": np.array(cond)}
         np.testing.assert_array_equal(run_model(out, feeds)[0], run_model(model, feeds)[0])
+
+
+def test_fresh_names_avoid_every_name_in_the_graph_and_its_subgraphs() -> None:
+    from onnxopt.graph import FreshNames
+
+    names = FreshNames.of(import_graph(parse(IF_SHARED)))
+    assert [names.fresh("W"), names.fresh("W"), names.fresh("h"), names.fresh("new")] == ["W_1", "W_2", "h_1", "new"]
