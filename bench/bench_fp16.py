@@ -35,7 +35,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, SHARED_MODELS, markdown_table, write_section  # noqa: E402
+from bench._common import ROOT, SHARED_MODELS, markdown_table, setup_logging, write_section  # noqa: E402
 from onnxopt.data import DataSource, input_specs, open_data  # noqa: E402
 from onnxopt.graph import export, import_graph  # noqa: E402
 from onnxopt.latency import paired_latency  # noqa: E402
@@ -343,9 +343,7 @@ def main() -> None:
     parser.add_argument("--light-runs", type=int, default=10, help="paired latency runs per light model")
     parser.add_argument("--skip-light", action="store_true", help="leave out the onnx backend-test light models")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("onnxopt").setLevel(logging.WARNING)
-    logging.getLogger("passes").setLevel(logging.WARNING)
+    setup_logging(quiet_library=True)
 
     real = [(c, run_case(c, args.runs)) for c in bundled_cases() + shared_cases()]
     light = [] if args.skip_light else [(c, run_case(c, args.light_runs)) for c in light_cases()]

@@ -31,7 +31,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, SHARED_MODELS, WORK, markdown_table, write_section  # noqa: E402
+from bench._common import ROOT, SHARED_MODELS, WORK, markdown_table, setup_logging, write_section  # noqa: E402
 from onnxopt.hardware import cpu_info  # noqa: E402
 from onnxopt.latency import paired_latency  # noqa: E402
 from onnxopt.runtime import make_session  # noqa: E402
@@ -413,7 +413,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     started = time.perf_counter()
     cases = prepare_cases([m for m in args.models.split(",") if m])
     results = [r for case in cases for r in bench_case(case, args.runs, args.repeats)]

@@ -26,7 +26,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, SHARED_MODELS, markdown_table, write_section  # noqa: E402
+from bench._common import ROOT, SHARED_MODELS, markdown_table, setup_logging, write_section  # noqa: E402
 from onnxopt.data import open_data  # noqa: E402
 from onnxopt.latency import PairedLatency, paired_latency  # noqa: E402
 from onnxopt.pass_base import Pass, PassContext  # noqa: E402
@@ -235,9 +235,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=60, help="paired latency runs for the bundled models")
     parser.add_argument("--models", default="", help="comma-separated subset of model names")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("onnxopt").setLevel(logging.WARNING)
-    logging.getLogger("passes").setLevel(logging.WARNING)
+    setup_logging(quiet_library=True)
     wanted = set(filter(None, args.models.split(",")))
     started = time.perf_counter()
     results: list[Result] = []

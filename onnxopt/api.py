@@ -12,6 +12,7 @@ import onnx
 
 from onnxopt.data import DataSource, open_data
 from onnxopt.evaluate import check_measurement, compare
+from onnxopt.graph import initializer_inputs
 from onnxopt.model_io import load_model, save_model
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.pipeline import Pipeline
@@ -118,7 +119,7 @@ def optimize(
 def _input_warnings(model: onnx.ModelProto, calib: DataSource | None, calibration: Any, evaluation: Any) -> list[str]:
     """What the user should know about their inputs before trusting the report."""
     out = []
-    overridable = [i.name for i in model.graph.input if i.name in {t.name for t in model.graph.initializer}]
+    overridable = initializer_inputs(model)
     if overridable:
         shown = ", ".join(overridable[:3]) + (", ..." if len(overridable) > 3 else "")
         out.append(f"the model lists {len(overridable)} initializer(s) as graph inputs ({shown}): onnxopt treats "

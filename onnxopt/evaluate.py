@@ -26,6 +26,7 @@ from onnx.external_data_helper import uses_external_data
 
 from onnxopt.data import DataSource, InputSpec, RandomSource, input_specs, open_data
 from onnxopt.errors import DataError, OnnxoptError
+from onnxopt.graph import initializer_inputs
 from onnxopt.hardware import CpuInfo, cpu_info
 from onnxopt.latency import PairedLatency, paired_latency
 from onnxopt.model_io import load_model, tensor_bytes
@@ -465,7 +466,7 @@ def claim_warnings(cmp: Comparison, model_a: onnx.ModelProto, model_b: onnx.Mode
                            "CPUs that have them")
     if cmp.latency is not None:
         lat = cmp.latency
-        frozen_a, frozen_b = _initializer_inputs(model_a), _initializer_inputs(model_b)
+        frozen_a, frozen_b = len(initializer_inputs(model_a)), len(initializer_inputs(model_b))
         if frozen_a > frozen_b:
             out.append(f"model A lists {frozen_a} initializer(s) as graph inputs (an IR < 4 export habit), which "
                        "stops onnxruntime from folding and fusing them (e.g. BatchNormalization into Conv); B lists "
@@ -481,11 +482,6 @@ def claim_warnings(cmp: Comparison, model_a: onnx.ModelProto, model_b: onnx.Mode
         elif cmp.threads > (os.cpu_count() or cmp.threads):
             out.append(f"{cmp.threads} threads on {os.cpu_count()} CPU cores: oversubscribed, latency is unreliable")
     return out
-
-
-def _initializer_inputs(model: onnx.ModelProto) -> int:
-    names = {t.name for t in model.graph.initializer}
-    return sum(i.name in names for i in model.graph.input)
 
 
 def _uses_float16(model: onnx.ModelProto) -> bool:

@@ -83,6 +83,13 @@ def _hoist_shared_subgraph_initializers(main: onnx.GraphProto) -> None:
             sub.initializer.remove(tensor)
 
 
+def initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs that are also initializers (IR < 4 exports, or overridable defaults); the working
+    graph treats them as constants."""
+    names = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name in names]
+
+
 def _min_ir_version(model: onnx.ModelProto) -> int:
     try:
         return onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
