@@ -8,6 +8,7 @@ user's model had apart from what the passes changed.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Iterable
 
 import numpy as np
@@ -40,6 +41,46 @@ def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.Mod
         model.metadata_props.extend(template.metadata_props)
         existing = {f.name for f in model.functions}
         model.functions.extend(f for f in template.functions if f.name not in existing)
+    return model
+
+
+def rewire(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every consumer of ``old`` (subgraph consumers included) read ``new`` instead."""
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+
+
+def nbytes(tensor: gs.Tensor) -> int | None:
+    """Size of ``tensor`` from its dtype and static shape (no lazy values loaded), else ``None``."""
+    if tensor.dtype is None or tensor.shape is None or not all(isinstance(d, int) for d in tensor.shape):
+        return None
+    try:
+        itemsize = np.dtype(tensor.dtype).itemsize
+    except TypeError:
+        return None
+    return math.prod(tensor.shape) * itemsize
+
+
+#: constants above this size enter a shape-inference probe as typed graph inputs, so inference
+#: neither serializes the weights (slow on large models) nor meets protobuf's 2 GiB limit
+PROBE_CONSTANT_BYTES = 4096
+
+
+def inference_probe(graph: gs.Graph) -> onnx.ModelProto:
+    """``graph`` exported for onnx shape inference without its weights: every constant larger than
+    ``PROBE_CONSTANT_BYTES`` (not a graph output) becomes a graph input of the same type and shape.
+    Inference only needs the values of small constants (shapes, axes, indices)."""
+    probe = graph.copy()
+    for tensor in list(probe.tensors().values()):
+        if isinstance(tensor, gs.Constant) and (nbytes(tensor) or 0) > PROBE_CONSTANT_BYTES \
+                and tensor not in probe.outputs:
+            stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
+            rewire(tensor, stand_in)
+            probe.inputs.append(stand_in)
+    model = gs.export_onnx(probe, do_type_check=False)
+    model.ir_version = max(model.ir_version, 4)  # IR 3 ignores initializers that are not inputs
     return model
 
 

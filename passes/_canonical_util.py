@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-from onnxopt.graph import import_graph, subgraphs
+from onnxopt.graph import import_graph, inference_probe, subgraphs
 from onnxopt.pass_base import PassReport
-
-# Constants above this size enter the shape-inference probe as typed graph inputs, so the probe
-# stays far below protobuf's 2 GiB limit whatever the model's size.
-_PROBE_CONSTANT_BYTES = 1 << 20
-
 
 def all_graphs(graph: gs.Graph) -> list[gs.Graph]:
     return [graph, *subgraphs(graph)]
@@ -31,27 +24,8 @@ def node_label(node: gs.Node) -> str:
     return node.name or f"{node.op}->{node.outputs[0].name if node.outputs else '?'}"
 
 
-def rewire(old: gs.Tensor, new: gs.Tensor) -> None:
-    """Make every consumer of ``old`` (subgraph consumers included) read ``new`` instead."""
-    for consumer in list(old.outputs):
-        for i, t in enumerate(consumer.inputs):
-            if t is old:
-                consumer.inputs[i] = new
-
-
 def owns(g: gs.Graph, node: gs.Node) -> bool:
     return any(n is node for n in g.nodes)
-
-
-def nbytes(tensor: gs.Tensor) -> int | None:
-    """Size of ``tensor`` from its dtype and static shape, else ``None``."""
-    if tensor.dtype is None or tensor.shape is None or not all(isinstance(d, int) for d in tensor.shape):
-        return None
-    try:
-        itemsize = np.dtype(tensor.dtype).itemsize
-    except TypeError:
-        return None
-    return math.prod(tensor.shape) * itemsize
 
 
 INFERENCE_FAILURES = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError,
@@ -65,14 +39,7 @@ def infer(graph: gs.Graph, notes: list[str]) -> dict[str, gs.Tensor]:
     Inference errors are reported in ``notes`` and inference reruns leniently, keeping what it can
     infer; failures to run at all raise one of ``INFERENCE_FAILURES``.
     """
-    probe = graph.copy()
-    for tensor in list(probe.tensors().values()):
-        if isinstance(tensor, gs.Constant) and (nbytes(tensor) or 0) > _PROBE_CONSTANT_BYTES \
-                and tensor not in probe.outputs:
-            stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
-            rewire(tensor, stand_in)
-            probe.inputs.append(stand_in)
-    model = gs.export_onnx(probe, do_type_check=False)
+    model = inference_probe(graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except onnx.shape_inference.InferenceError as exc:

@@ -12,7 +12,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import FreshNames, constant_value, default_opset, export, import_graph, replace_contents
+from onnxopt.graph import (FreshNames, constant_value, default_opset, export, import_graph, inference_probe,
+                           replace_contents)
 from onnxopt.ops import INTEGER_OPS, QDQ_OPS
 
 logger = logging.getLogger(__name__)
@@ -146,39 +147,38 @@ def name_nodes(graph: gs.Graph) -> int:
     return renamed
 
 
-def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_types(graph: gs.Graph) -> tuple[dict[str, np.dtype | None], dict[str, int]]:
+    """Element type and rank of every tensor that onnx shape inference can tell, from one inference
+    on the weightless probe (the weights are typed inputs there, not serialized)."""
+    model = inference_probe(graph)
     try:
-        return onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(model).graph
     except (onnx.shape_inference.InferenceError, ValueError) as exc:
         logger.info("shape inference failed (%s); using declared types only", exc)
-        return model
-
-
-def element_types(model: onnx.ModelProto) -> Mapping[str, np.dtype | None]:
-    """Element type of every tensor that onnx shape inference can tell."""
-    g = _inferred(model).graph
+        inferred = model.graph
     types: dict[str, np.dtype | None] = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+    ranks: dict[str, int] = {}
+    for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+        tensor_type = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        elem = tensor_type.elem_type if tensor_type is not None else 0
         types[vi.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else None
-    for init in g.initializer:
-        types[init.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
-    return types
+        if tensor_type is not None and tensor_type.HasField("shape"):
+            ranks[vi.name] = len(tensor_type.shape.dim)
+    types.update(constant_types(graph))
+    return types, ranks
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    g = _inferred(model).graph
-    return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in list(g.input) + list(g.value_info)
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+def constant_types(graph: gs.Graph) -> dict[str, np.dtype]:
+    return {name: np.dtype(t.dtype) for name, t in graph.tensors().items()
+            if isinstance(t, gs.Constant) and t.dtype is not None}
 
 
-def matmul_add_to_gemm(graph: gs.Graph) -> int:
+def matmul_add_to_gemm(graph: gs.Graph, ranks: Mapping[str, int]) -> int:
     """Turn ``MatMul(A, W) + b`` (A of rank 2, W and b constant) into ``Gemm(A, W, b)``.
 
     onnxruntime does the same rewrite before it fuses Q/DQ groups; done afterwards, it leaves a
     float Gemm. As a Gemm the bias becomes int32 inside QGemm, which also keeps the output in float.
     """
-    ranks = _ranks(export(graph))
     count = 0
     for node in [n for n in graph.nodes if n.op == "MatMul"]:
         a, w = node.inputs

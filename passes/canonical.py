@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import constant_value, default_opset
+from onnxopt.graph import constant_value, default_opset, rewire
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from passes._canonical_util import (
     INFERENCE_FAILURES,
@@ -27,7 +27,6 @@ from passes._canonical_util import (
     infer,
     node_label,
     owns,
-    rewire,
 )
 
 logger = logging.getLogger(__name__)

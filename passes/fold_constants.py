@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import constant_value
+from onnxopt.graph import constant_value, nbytes
 from onnxopt.ops import QDQ_OPS
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.runtime import make_session
@@ -22,7 +22,6 @@ from passes._canonical_util import (
     apply_inferred,
     first_line,
     infer,
-    nbytes,
     node_label,
 )
 

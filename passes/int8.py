@@ -34,7 +34,8 @@ from passes._int8_measure import (Limited, RunOptions, calibrate, fusion_report,
                                   measure_budget)
 from passes._int8_plan import COVERED_OPS, Plan, PlanSettings, candidate_tensors, make_plan
 from passes._int8_prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
-                                  conv_add_to_bias, element_types, has_foldable_nodes, matmul_add_to_gemm,
+                                  conv_add_to_bias, constant_types, has_foldable_nodes, infer_types,
+                                  matmul_add_to_gemm,
                                   name_nodes, strip_qdq, sum_to_add, unique_names, upgrade_opset)
 from onnxopt.settings_check import require_known
 from passes.fold_batchnorm import FoldBatchNorm
@@ -127,9 +128,8 @@ class Int8(Pass):
     def _quantize(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         report = PassReport(self.name)
         work = import_graph(export(graph))  # preparing changes the model; kept only if something is quantized
-        self._prepare(work, ctx, report)
+        dtypes = self._prepare(work, ctx, report)
         float_model = export(work)
-        dtypes = element_types(float_model)
         plan = make_plan(work, self._plan_settings({}), dtypes)
         if not plan.layers:
             report = PassReport(self.name, notes=[
@@ -162,7 +162,8 @@ class Int8(Pass):
         return report
 
     # -- steps --------------------------------------------------------------------------------
-    def _prepare(self, graph: gs.Graph, ctx: PassContext, report: PassReport) -> None:
+    def _prepare(self, graph: gs.Graph, ctx: PassContext, report: PassReport) -> dict[str, np.dtype | None]:
+        """Make ``graph`` ready to quantize; returns the element type of each tensor."""
         prepared: dict[str, Any] = {}
         if self.upgrade_opset:
             before = default_opset(graph)
@@ -183,13 +184,17 @@ class Int8(Pass):
             graph.cleanup(remove_unused_graph_inputs=False)
             prepared.update({
                 "constants_folded": folded, "batchnorm_folded": batchnorm.changes if batchnorm else 0,
-                "sum_to_add": sum_to_add(graph), "conv_add_to_bias": conv_add_to_bias(graph),
-                "matmul_add_to_gemm": matmul_add_to_gemm(graph)})
+                "sum_to_add": sum_to_add(graph), "conv_add_to_bias": conv_add_to_bias(graph)})
+        dtypes, ranks = infer_types(graph)
+        if self.prepare:
+            prepared["matmul_add_to_gemm"] = matmul_add_to_gemm(graph, ranks)
+            dtypes.update(constant_types(graph))  # the Gemm biases
             renamed += name_nodes(graph)
         prepared["nodes_renamed"] = renamed
         if renamed:
             report.notes.append(f"gave {renamed} unnamed or duplicate-named node(s) unique names")
         graph.toposort()
+        return dtypes
 
     def _resolve_reduce_range(self, ctx: PassContext) -> tuple[bool, str | None]:
         """The weight range to use and, when decided automatically, what it was decided for."""

@@ -232,3 +232,17 @@ def test_percentile_keeps_the_requested_share(rng: np.random.Generator) -> None:
     assert 0.975 <= inside <= 0.985
     _, bound = observer.range("int8", True)
     assert 0.985 <= np.mean(np.abs(values) <= bound) <= 0.995
+
+
+def test_entropy_clips_at_most_the_guard_share_of_a_long_tail(rng: np.random.Generator) -> None:
+    # setup: a real long tail (log-normal), where the KL optimum alone cuts off 0.03% of the values
+    values = rng.lognormal(0.0, 1.0, 200_000).astype(np.float32)
+    observer = make_observer("entropy")
+    observer.update(values)
+    _, kl_hi = observer._kl_range(False)  # type: ignore[attr-defined]
+    assert np.mean(values > kl_hi) > 2e-4
+    # execute
+    lo, hi = observer.range("uint8", False)
+    # assert: the guard widens the range until at most 0.01% (plus one bin) lies above it
+    assert hi > kl_hi and np.mean(values > hi) <= 1e-4
+    assert lo == pytest.approx(float(values.min()), abs=1e-2) and hi <= float(values.max())
