@@ -95,15 +95,12 @@ def iter_activations(
     threads: int | None = None,
     progress: bool = False,
     description: str = "calibrating",
-    optimize: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield, batch by batch, the values of the tensors ``names`` on ``data``. ``optimize`` turns
-    onnxruntime's graph optimizations on: the requested tensors stay (they are graph outputs),
-    their values may differ by float rounding (fused or re-laid-out kernels).
+    """Yield, batch by batch, the values of the tensors ``names`` on ``data`` (optimizations off).
 
     Memory does not grow with the number of samples: nothing is kept between batches.
     """
-    session = make_session(with_outputs(model, names), providers=providers, threads=threads, optimize=optimize)
+    session = make_session(with_outputs(model, names), providers=providers, threads=threads)
     wanted = list(dict.fromkeys(names))
     for batch in data.batches(batch_size, progress=progress, description=description):
         values = session.run(wanted, batch.inputs)
