@@ -19,6 +19,7 @@ import compileall
 import gzip
 import json
 import logging
+import math
 import resource
 import subprocess
 import sys
@@ -292,6 +293,8 @@ class Result:
     size: str = "—"
     fused: str = "—"
     path: Path | None = None
+    #: per-sample correctness of the int8 model (labelled data only), for the paired test against theirs
+    correct: np.ndarray | None = None
     #: onnxopt rows: latency of this model / onnxruntime's with the same method, paired, batch 1
     vs_theirs: str = "—"
     vs_theirs_ratio: float | None = None
@@ -325,7 +328,8 @@ def _quality(result: Result, float_out: np.ndarray, x: np.ndarray, labels: np.nd
     result.agreement = 100 * float(np.mean(float_out.argmax(-1) == q.argmax(-1)))
     if labels is not None:
         result.float_accuracy = 100 * float(np.mean(float_out.argmax(-1) == labels))
-        result.accuracy = 100 * float(np.mean(q.argmax(-1) == labels))
+        result.correct = q.argmax(-1) == labels
+        result.accuracy = 100 * float(np.mean(result.correct))
 
 
 def _latency(case: Case, float_model: onnx.ModelProto, path: Path, x: np.ndarray, batch: int,
@@ -400,6 +404,17 @@ def bench_memory(case: Case) -> list[list[object]]:
     return rows
 
 
+def _mcnemar(ours: np.ndarray | None, theirs: np.ndarray | None) -> str:
+    """The samples only one model gets right, and the exact two-sided McNemar p-value: whether the
+    accuracy difference is more than chance on this evaluation set."""
+    if ours is None or theirs is None:
+        return ""
+    only_ours, only_theirs = int(np.sum(ours & ~theirs)), int(np.sum(~ours & theirs))
+    n, k = only_ours + only_theirs, min(only_ours, only_theirs)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return f" (right only with onnxopt {only_ours}, only with onnxruntime {only_theirs}: McNemar p={p:.2f})"
+
+
 def targets(results: list[Result]) -> str:
     """Per model and method: tool time, accuracy (or agreement) and latency of onnxopt against onnxruntime."""
     lines = []
@@ -413,7 +428,7 @@ def targets(results: list[Result]) -> str:
             continue
         parts = [f"time {r.seconds / theirs.seconds:.2f}x theirs"]
         if r.accuracy is not None and theirs.accuracy is not None:
-            parts.append(f"accuracy {r.accuracy - theirs.accuracy:+.1f} pp")
+            parts.append(f"accuracy {r.accuracy - theirs.accuracy:+.1f} pp{_mcnemar(r.correct, theirs.correct)}")
         if r.agreement is not None and theirs.agreement is not None:
             parts.append(f"agreement {r.agreement - theirs.agreement:+.1f} pp")
         if r.vs_theirs_ratio is not None:
