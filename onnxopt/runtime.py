@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from onnxopt.errors import OnnxoptError
+from onnxopt.graph import subgraph_protos
 from onnxopt.model_io import EXTERNAL_DATA_THRESHOLD, tensor_bytes
 
 if TYPE_CHECKING:
@@ -31,9 +32,12 @@ def make_session(
     threads: int | None = None,
     optimize: bool = False,
     optimized_model_path: str | None = None,
+    outputs: Sequence[str] = (),
 ) -> ort.InferenceSession:
     """An onnxruntime session. ``optimize=False`` disables all graph optimizations (for exact
-    comparisons); ``threads`` sets intra-op threads (``None``: onnxruntime's default)."""
+    comparisons); ``threads`` sets intra-op threads (``None``: onnxruntime's default); ``outputs``
+    names intermediate tensors to expose as extra (untyped) outputs of a ``ModelProto``: they are
+    appended for the session's creation and removed again, so a large model is not copied."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -51,8 +55,16 @@ def make_session(
         raise OnnxoptError(
             f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
             f"(available: {', '.join(sorted(available))})")
+    if outputs and not isinstance(model, onnx.ModelProto):
+        raise TypeError("make_session: extra outputs need a ModelProto, not a path")
+    added = 0
     try:
         if isinstance(model, onnx.ModelProto):
+            existing = {o.name for o in model.graph.output}
+            for name in dict.fromkeys(outputs):
+                if name not in existing:
+                    model.graph.output.append(onnx.ValueInfoProto(name=name))
+                    added += 1
             if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
                 return _session_via_file(model, options, list(providers))
             return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
@@ -62,27 +74,39 @@ def make_session(
     except Exception as exc:  # onnxruntime's exception types are not part of its public API
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxoptError(f"onnxruntime cannot load the model: {first}") from exc
+    finally:
+        if added:
+            del model.graph.output[-added:]  # type: ignore[union-attr]
 
 
 def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]):
     import onnxruntime as ort
 
+    from onnx.external_data_helper import load_external_data_for_model
+
+    declared = {t.name for t in _all_tensors(model) if t.HasField("data_location")}
     with tempfile.TemporaryDirectory(prefix="onnxopt-") as tmp:
         path = Path(tmp) / "model.onnx"
+        # saving with external data moves the caller's weights out of the proto: read them back
         onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
-        return ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            return ort.InferenceSession(str(path), options, providers=providers)
+        finally:
+            load_external_data_for_model(model, tmp)
+            for tensor in _all_tensors(model):
+                if tensor.name not in declared:
+                    tensor.ClearField("data_location")
 
 
-def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph also outputs the tensors ``names`` (untyped outputs)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    existing = {o.name for o in out.graph.output}
-    for name in names:
-        if name not in existing:
-            out.graph.output.append(onnx.ValueInfoProto(name=name))
-            existing.add(name)
-    return out
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and tensor attributes, subgraphs included (what external data can hold)."""
+    for g in [model.graph, *subgraph_protos(model.graph)]:
+        yield from g.initializer
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
 
 
 def iter_activations(
@@ -100,7 +124,7 @@ def iter_activations(
 
     Memory does not grow with the number of samples: nothing is kept between batches.
     """
-    session = make_session(with_outputs(model, names), providers=providers, threads=threads)
+    session = make_session(model, providers=providers, threads=threads, outputs=names)
     wanted = list(dict.fromkeys(names))
     for batch in data.batches(batch_size, progress=progress, description=description):
         values = session.run(wanted, batch.inputs)

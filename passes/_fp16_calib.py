@@ -41,7 +41,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
 from onnxopt.graph import FreshNames, export, import_graph, subgraphs
-from onnxopt.runtime import iter_activations, make_session, with_outputs
+from onnxopt.runtime import iter_activations, make_session
 from passes._fp16_convert import F16, F32, node_key, node_label
 
 logger = logging.getLogger(__name__)
@@ -190,8 +190,8 @@ def relative_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, name
                     data: DataSource, runner: Runner) -> dict[str, float]:
     """Relative L2 error of each tensor of ``candidate`` against ``reference`` over ``data``."""
     wanted = list(dict.fromkeys(names))
-    ref_session = make_session(with_outputs(reference, wanted), providers=runner.providers, threads=runner.threads)
-    cand_session = make_session(with_outputs(candidate, wanted), providers=runner.providers, threads=runner.threads)
+    ref_session = make_session(reference, providers=runner.providers, threads=runner.threads, outputs=wanted)
+    cand_session = make_session(candidate, providers=runner.providers, threads=runner.threads, outputs=wanted)
     diff = dict.fromkeys(wanted, 0.0)
     norm = dict.fromkeys(wanted, 0.0)
     broken: set[str] = set()

@@ -127,7 +127,9 @@ class Int8(Pass):
 
     def _quantize(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         report = PassReport(self.name)
-        work = import_graph(export(graph))  # preparing changes the model; kept only if something is quantized
+        # preparing changes the model, kept only if something is quantized; the copy shares the weight
+        # arrays (no pass changes an array in place), so a large model is not held twice
+        work = graph.copy()
         dtypes = self._prepare(work, ctx, report)
         float_model = export(work)
         plan = make_plan(work, self._plan_settings({}), dtypes)

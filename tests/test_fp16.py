@@ -12,7 +12,7 @@ from onnxopt.data import open_data
 from onnxopt.errors import OnnxoptError, PreconditionError
 from onnxopt.pass_base import PassContext
 from onnxopt.pipeline import Pipeline
-from onnxopt.runtime import make_session, with_outputs
+from onnxopt.runtime import make_session
 from passes._fp16_calib import materialise_float16
 from passes._fp16_schema import apply_types, inferred_types
 from passes.fp16 import Fp16
@@ -193,8 +193,8 @@ def test_activation_beyond_float16_range_stays_float32_with_calibration() -> Non
     plain, _ = apply_pass(Fp16(), model)
     guarded, report = apply_pass(Fp16(), model, ctx)
     # assert: onnxruntime's CPU provider computes the chain in float32, a float16 runtime does not
-    assert not np.isfinite(make_session(with_outputs(plain, ["held"])).run(["held"], feeds)[0]).all()
-    assert np.isfinite(make_session(with_outputs(guarded, ["held"])).run(["held"], feeds)[0]).all()
+    assert not np.isfinite(make_session(plain, outputs=["held"]).run(["held"], feeds)[0]).all()
+    assert np.isfinite(make_session(guarded, outputs=["held"]).run(["held"], feeds)[0]).all()
     assert {s.target for s in report.skipped} == {"up", "hold", "down"}
     assert all("max_abs_activation" in s.reason for s in report.skipped)
     assert set(report.details["calibration"]["overflow"]) == {"up", "hold", "down"}
