@@ -32,6 +32,7 @@ QLINEAR_OPS = frozenset({"Add", "Mul", "AveragePool", "GlobalAveragePool", "Conc
 #: ops whose output reuses the input's scale (values are moved or a subset of the input's range)
 SHARED_SCALE_OPS = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize"})
 ACTIVATION_OPS = frozenset({"Relu", "Clip"})
+POOLING_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool"})
 COVERED_OPS = COMPUTE_OPS | QLINEAR_OPS | SHARED_SCALE_OPS | ACTIVATION_OPS
 #: ops whose float output onnxruntime can produce directly from an integer kernel (QGemm, MatMulIntegerToFloat)
 FLOAT_OUTPUT_OPS = frozenset({"Gemm", "MatMul"})
@@ -162,8 +163,10 @@ def _candidates(graph: gs.Graph, settings: PlanSettings, dtypes: Mapping[str, np
 
 
 def _select(candidates: list[gs.Node], plan: Plan) -> set[str]:
-    """Compute layers, plus covered ops that feed a selected node (to a fixed point), plus a Relu/Clip
-    right after a selected node (so the quantizer after it can act as the activation)."""
+    """Compute layers, plus covered ops that feed a selected node (to a fixed point), plus Relu/Clip and
+    pooling after a selected node (the quantizer after a Relu acts as the activation; after a
+    pooling, the dequantization runs on the smaller pooled tensor, as after a classifier's last
+    Conv -> Relu -> GlobalAveragePool)."""
     selected = {n.name for n in candidates if n.op in COMPUTE_OPS}
     joining = [n for n in candidates if n.op not in COMPUTE_OPS]
     changed = True
@@ -173,9 +176,13 @@ def _select(candidates: list[gs.Node], plan: Plan) -> set[str]:
             if node.name not in selected and _feeds(node, selected):
                 selected.add(node.name)
                 changed = True
-    for node in joining:
-        if node.name not in selected and node.op in ACTIVATION_OPS and _fed_by(node, selected):
-            selected.add(node.name)
+    changed = True
+    while changed:  # forward: an activation, or a pooling whose Q/DQ then runs on the pooled tensor
+        changed = False
+        for node in joining:
+            if node.name not in selected and node.op in ACTIVATION_OPS | POOLING_OPS and _fed_by(node, selected):
+                selected.add(node.name)
+                changed = True
     for node in joining:
         if node.name not in selected:
             plan.skipped.append(Skip(node.name, "does not feed a quantized layer (nothing to fuse with)"))

@@ -88,6 +88,28 @@ def test_cnn_is_quantized_fused_and_close(method: str, rng: np.random.Generator)
     assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.95
 
 
+def test_pooling_after_the_last_layer_is_quantized_so_dequantization_runs_on_the_pooled_tensor(
+        rng: np.random.Generator) -> None:
+    # setup: a classifier ending Conv -> Relu -> GlobalAveragePool -> output (SqueezeNet's tail)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["y"], name="gap"),
+    ]
+    model = _model(nodes, {"w1": rng.standard_normal((6, 2, 3, 3)) * 0.3, "b1": rng.standard_normal(6) * 0.1},
+                   ["N", 2, 8, 8], ["N", 6, 1, 1])
+    x = rng.standard_normal((32, 2, 8, 8)).astype(np.float32)
+    # execute
+    out, report = apply_pass(Int8(), model, _ctx(model, x))
+    # assert: the graph output is dequantized after the pooling, which runs as an integer kernel
+    dq = _producer(out, "y")
+    assert dq.op_type == "DequantizeLinear" and _producer(out, dq.input[0]).op_type == "QuantizeLinear"
+    assert _producer(out, _producer(out, dq.input[0]).input[0]).op_type == "GlobalAveragePool"
+    assert report.details["fusion"]["integer_kernels"] == {"QLinearConv": 1, "QLinearGlobalAveragePool": 1}
+    a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
+    assert np.linalg.norm(a - b) < 0.02 * np.linalg.norm(a)
+
+
 @pytest.mark.parametrize(("reduce_range", "bound"), [(True, 63), (False, 127)])
 def test_weights_are_per_channel_int8_and_bias_int32(reduce_range: bool, bound: int, rng: np.random.Generator) -> None:
     # setup
