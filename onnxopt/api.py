@@ -95,7 +95,9 @@ def optimize(
             source_.check()
     if data is not None:
         check_measurement(providers, threads, batch_size, latency_runs)
-    ctx = PassContext(calibration=calib, seed=seed, providers=tuple(providers), threads=threads, progress=progress)
+    # ``threads`` sets the measurement's intra-op threads (1: stable timings); the passes' own onnxruntime
+    # work (calibration, constant folding) uses onnxruntime's default and finishes sooner
+    ctx = PassContext(calibration=calib, seed=seed, providers=tuple(providers), progress=progress)
     result = Pipeline(pass_objs).run(original, ctx)
     report = OptimizeReport(
         source=source, output=None, passes=result.reports,

@@ -50,6 +50,7 @@ class PassContext:
     calibration: DataSource | None = None
     seed: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    #: intra-op threads of the passes' own onnxruntime sessions (``None``: onnxruntime's default)
     threads: int | None = None
     progress: bool = False
 
