@@ -159,8 +159,8 @@ class Int8(Pass):
             replace_contents(graph, import_graph(model))
         self._describe(report, plan, emitted, observers, params, samples, ctx.calibration)
         probe = next(iter(data.batches(self.batch_size)))
-        hint = "another provider or kernel?" if self._reduce else "int16 saturation? reduce_range=true avoids it"
-        _note_fusion(report, fusion_report(model, plan, ctx.providers, probe), ctx.providers, hint)
+        _note_fusion(report, fusion_report(model, plan, ctx.providers, probe), ctx.providers,
+                     self._deviation_hint(ctx, len(plan.layers)))
         return report
 
     # -- steps --------------------------------------------------------------------------------
@@ -208,6 +208,15 @@ class Int8(Pass):
         cpu = cpu_info()
         reduce = cpu.family == "x86" and cpu.int8_dot is not True
         return reduce, f"{cpu.model_name} ({cpu.arch}; int8 dot-product: {cpu.int8_dot_text})"
+
+    def _deviation_hint(self, ctx: PassContext, layers: int) -> str:
+        """The likely cause when the fused kernels differ from the Q/DQ reference."""
+        cpu = cpu_info()
+        on_cpu = not ctx.providers or ctx.providers[0] == "CPUExecutionProvider"
+        if on_cpu and not self._reduce and cpu.family == "x86" and cpu.int8_dot is not True:
+            return "int16 saturation of this CPU's U8S8 kernels? reduce_range=true avoids it"
+        return (f"the fused kernels requantize each of the {layers} layer(s) with their own rounding, the "
+                "reference computes in float between Q/DQ pairs; judge the model by its measured accuracy")
 
     def _plan_settings(self, keep_float: Mapping[str, str]) -> PlanSettings:
         return PlanSettings(symmetric=self.symmetric, per_channel=self.per_channel,

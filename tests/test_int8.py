@@ -617,3 +617,22 @@ def test_automatic_weight_range_follows_this_cpu_and_is_reported(rng: np.random.
     bound = 63 if expected else 127
     assert np.abs(_initializer(auto, "w1_q").astype(np.int32)).max() == bound
     assert np.abs(_initializer(fixed, "w1_q").astype(np.int32)).max() == (127 if expected else 63)
+
+
+@pytest.mark.parametrize(("cpu", "reduce_range", "saturation"), [
+    (("x86_64", False), False, True),   # U8S8 through saturating int16 (vpmaddubsw), full-range weights
+    (("x86_64", False), True, False),   # 7-bit weights cannot saturate
+    (("x86_64", True), False, False),   # VNNI accumulates in int32
+    (("aarch64", None), False, False),  # no int16 path on ARM
+])
+def test_kernel_deviation_hint_names_saturation_only_where_it_can_happen(
+        cpu: tuple, reduce_range: bool, saturation: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import passes.int8 as int8_module
+    from onnxopt.hardware import CpuInfo
+
+    monkeypatch.setattr(int8_module, "cpu_info", lambda: CpuInfo(cpu[0], "test", cpu[1], None))
+    pass_ = Int8(reduce_range=reduce_range)
+    pass_._reduce = reduce_range
+    hint = pass_._deviation_hint(PassContext(), 12)
+    assert ("saturation" in hint) is saturation
+    assert saturation or "12 layer(s)" in hint
