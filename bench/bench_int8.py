@@ -339,7 +339,7 @@ def _latency(case: Case, float_model: onnx.ModelProto, path: Path, x: np.ndarray
     feeds = {case.input_name: x[:batch]}
     lat = paired_latency(make_session(float_model, threads=1, optimize=True), feeds,
                          make_session(str(path), threads=1, optimize=True), feeds,
-                         runs=max(10, runs // case.cost), warmup=3)
+                         runs=max(30, runs // case.cost), warmup=3)
     return f"{lat.ratio:.2f} [{lat.ratio_p10:.2f}, {lat.ratio_p90:.2f}]", lat.ratio
 
 
@@ -383,7 +383,7 @@ def _head_to_head(case: Case, results: list[Result], x: np.ndarray, runs: int) -
             continue
         lat = paired_latency(make_session(str(other.path), threads=1, optimize=True), feeds,
                              make_session(str(r.path), threads=1, optimize=True), feeds,
-                             runs=max(10, runs // case.cost), warmup=3)
+                             runs=max(30, runs // case.cost), warmup=3)
         r.vs_theirs, r.vs_theirs_ratio = f"{lat.ratio:.2f} [{lat.ratio_p10:.2f}, {lat.ratio_p90:.2f}]", lat.ratio
 
 
@@ -462,7 +462,8 @@ def main() -> None:
         "",
         "Both: QDQ, per-channel int8 weights, uint8 activations (U8S8); onnxruntime after `quant_pre_process`. "
         "Accuracy (float → int8) and agreement with float are in %, measured with onnxruntime's optimizations "
-        "on (the integer kernels). Latency: int8/float32 paired ratio, median [p10, p90], CPU, 1 intra-op "
+        "on (the integer kernels). Latency: int8/float32 paired ratio, median [p10, p90] of "
+        f"max(30, {args.runs} / model cost) interleaved pairs after 3 warm-up, CPU, 1 intra-op "
         "thread, graph optimizations on (< 1: int8 faster). Tool time (fastest of "
         f"{args.repeats}) and peak RSS are per tool run in its own process (interpreter and onnxruntime "
         "included, ~80 MB; both tools' modules load from compiled bytecode, as after `pip install`). vs ort b1: "
