@@ -147,9 +147,10 @@ def name_nodes(graph: gs.Graph) -> int:
     return renamed
 
 
-def infer_types(graph: gs.Graph) -> tuple[dict[str, np.dtype | None], dict[str, int]]:
-    """Element type and rank of every tensor that onnx shape inference can tell, from one inference
-    on the weightless probe (the weights are typed inputs there, not serialized)."""
+def infer_types(graph: gs.Graph) -> tuple[dict[str, np.dtype | None], dict[str, tuple[int | None, ...]]]:
+    """Element type and shape (``None`` for a symbolic or unknown dim) of every tensor that onnx
+    shape inference can tell, from one inference on the weightless probe (the weights are typed
+    inputs there, not serialized)."""
     model = inference_probe(graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(model).graph
@@ -157,15 +158,15 @@ def infer_types(graph: gs.Graph) -> tuple[dict[str, np.dtype | None], dict[str, 
         logger.info("shape inference failed (%s); using declared types only", exc)
         inferred = model.graph
     types: dict[str, np.dtype | None] = {}
-    ranks: dict[str, int] = {}
+    shapes: dict[str, tuple[int | None, ...]] = {}
     for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
         tensor_type = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
         elem = tensor_type.elem_type if tensor_type is not None else 0
         types[vi.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else None
         if tensor_type is not None and tensor_type.HasField("shape"):
-            ranks[vi.name] = len(tensor_type.shape.dim)
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
     types.update(constant_types(graph))
-    return types, ranks
+    return types, shapes
 
 
 def constant_types(graph: gs.Graph) -> dict[str, np.dtype]:
@@ -173,7 +174,7 @@ def constant_types(graph: gs.Graph) -> dict[str, np.dtype]:
             if isinstance(t, gs.Constant) and t.dtype is not None}
 
 
-def matmul_add_to_gemm(graph: gs.Graph, ranks: Mapping[str, int]) -> int:
+def matmul_add_to_gemm(graph: gs.Graph, shapes: Mapping[str, tuple[int | None, ...]]) -> int:
     """Turn ``MatMul(A, W) + b`` (A of rank 2, W and b constant) into ``Gemm(A, W, b)``.
 
     onnxruntime does the same rewrite before it fuses Q/DQ groups; done afterwards, it leaves a
@@ -184,7 +185,7 @@ def matmul_add_to_gemm(graph: gs.Graph, ranks: Mapping[str, int]) -> int:
         a, w = node.inputs
         out = node.outputs[0]
         weight = constant_value(w)
-        if weight is None or weight.ndim != 2 or ranks.get(a.name) != 2 or len(out.outputs) != 1:
+        if weight is None or weight.ndim != 2 or len(shapes.get(a.name, ())) != 2 or len(out.outputs) != 1:
             continue
         add = out.outputs[0]
         if add.op != "Add" or any(t is out for t in graph.outputs):

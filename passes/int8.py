@@ -130,9 +130,9 @@ class Int8(Pass):
         # preparing changes the model, kept only if something is quantized; the copy shares the weight
         # arrays (no pass changes an array in place), so a large model is not held twice
         work = graph.copy()
-        dtypes = self._prepare(work, ctx, report)
+        dtypes, self._shapes = self._prepare(work, ctx, report)
         float_model = export(work)
-        plan = make_plan(work, self._plan_settings({}), dtypes)
+        plan = make_plan(work, self._plan_settings({}), dtypes, self._shapes)
         if not plan.layers:
             report = PassReport(self.name, notes=[
                 "no float32 Conv/ConvTranspose/Gemm/MatMul layer can be quantized; model left unchanged "
@@ -164,8 +164,9 @@ class Int8(Pass):
         return report
 
     # -- steps --------------------------------------------------------------------------------
-    def _prepare(self, graph: gs.Graph, ctx: PassContext, report: PassReport) -> dict[str, np.dtype | None]:
-        """Make ``graph`` ready to quantize; returns the element type of each tensor."""
+    def _prepare(self, graph: gs.Graph, ctx: PassContext,
+                 report: PassReport) -> tuple[dict[str, np.dtype | None], dict[str, tuple[int | None, ...]]]:
+        """Make ``graph`` ready to quantize; returns the element type and shape of each tensor."""
         prepared: dict[str, Any] = {}
         if self.upgrade_opset:
             before = default_opset(graph)
@@ -187,16 +188,16 @@ class Int8(Pass):
             prepared.update({
                 "constants_folded": folded, "batchnorm_folded": batchnorm.changes if batchnorm else 0,
                 "sum_to_add": sum_to_add(graph), "conv_add_to_bias": conv_add_to_bias(graph)})
-        dtypes, ranks = infer_types(graph)
+        dtypes, shapes = infer_types(graph)
         if self.prepare:
-            prepared["matmul_add_to_gemm"] = matmul_add_to_gemm(graph, ranks)
+            prepared["matmul_add_to_gemm"] = matmul_add_to_gemm(graph, shapes)
             dtypes.update(constant_types(graph))  # the Gemm biases
             renamed += name_nodes(graph)
         prepared["nodes_renamed"] = renamed
         if renamed:
             report.notes.append(f"gave {renamed} unnamed or duplicate-named node(s) unique names")
         graph.toposort()
-        return dtypes
+        return dtypes, shapes
 
     def _resolve_reduce_range(self, ctx: PassContext) -> tuple[bool, str | None]:
         """The weight range to use and, when decided automatically, what it was decided for."""
@@ -228,9 +229,12 @@ class Int8(Pass):
         """Scale and zero point per tensor: the method's range, the full range where the quantized
         region ends (see ``Plan.exits``)."""
         full = set(plan.exits)
-        return {name: (qparams_from_range(obs.lo, obs.hi, self.activation_type, self.symmetric) if name in full
-                       and not obs.empty else obs.qparams(self.activation_type, self.symmetric))
-                for name, obs in observers.items()}
+        params = {name: (qparams_from_range(obs.lo, obs.hi, self.activation_type, self.symmetric) if name in full
+                         and not obs.empty else obs.qparams(self.activation_type, self.symmetric))
+                  for name, obs in observers.items()}
+        for name in plan.probabilities:  # [0, 1] in 256 steps, as onnxruntime's QLinearSoftmax expects
+            params[name] = QParams(1.0 / 256.0, 0 if self.activation_type == "uint8" else -128, self.activation_type)
+        return params
 
     def _observer_options(self) -> dict[str, float | int]:
         if self.method == "minmax":
@@ -261,7 +265,7 @@ class Int8(Pass):
                 break
             keep[layer] = (f"returned to float by the accuracy budget (max_drop={max_drop}, "
                            f"layer NMSE {errors[layer]:.3g})")
-            plan = make_plan(import_graph(float_model), self._plan_settings(keep), dtypes)
+            plan = make_plan(import_graph(float_model), self._plan_settings(keep), dtypes, self._shapes)
             model, emitted = self._build(float_model, plan, self._params(observers, plan))
             budget = measure_budget(float_model, model, data, run)
             steps.append({"returned": layer, **budget.to_dict()})

@@ -110,6 +110,45 @@ def test_pooling_after_the_last_layer_is_quantized_so_dequantization_runs_on_the
     assert np.linalg.norm(a - b) < 0.02 * np.linalg.norm(a)
 
 
+def test_softmax_over_many_rows_runs_as_qlinearsoftmax(rng: np.random.Generator) -> None:
+    # setup: a detector's score head: Conv -> Transpose -> Reshape -> Softmax over 64 anchors of 2 classes
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c1"], ["t1"], name="nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["t1", "anchors"], ["a1"], name="anchors"),
+        helper.make_node("Softmax", ["a1"], ["y"], name="scores", axis=-1),
+    ]
+    inits = {"w1": rng.standard_normal((2, 3, 3, 3)) * 0.5, "b1": rng.standard_normal(2) * 0.1,
+             "anchors": np.array([0, -1, 2], np.int64)}
+    model = _model(nodes, inits, ["N", 3, 8, 8], ["N", 64, 2])
+    x = rng.standard_normal((32, 3, 8, 8)).astype(np.float32)
+    # execute
+    out, report = apply_pass(Int8(), model, _ctx(model, x))
+    # assert: probabilities in steps of 1/256 from zero point 0, fused by onnxruntime
+    dq = _producer(out, "y")
+    q = _producer(out, dq.input[0])
+    assert dq.op_type == "DequantizeLinear" and _producer(out, q.input[0]).op_type == "Softmax"
+    assert _qparams(out, q.name) == (1.0 / 256.0, 0)
+    assert report.details["fusion"]["integer_kernels"] == {"QLinearConv": 1, "QLinearSoftmax": 1}
+    a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
+    assert np.abs(a - b).max() < 0.05
+
+
+def test_classifier_softmax_stays_float(rng: np.random.Generator) -> None:
+    # setup: one row of probabilities per sample: QLinearSoftmax gains nothing and its steps tie classes
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"], name="fc", transB=1),
+             helper.make_node("Softmax", ["logits"], ["y"], name="probs", axis=-1)]
+    model = _model(nodes, {"w": rng.standard_normal((10, 16)) * 0.3, "b": rng.standard_normal(10) * 0.1},
+                   ["N", 16], ["N", 10])
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    # execute
+    out, report = apply_pass(Int8(), model, _ctx(model, x))
+    # assert: the Gemm writes float logits (QGemm), the Softmax stays float, and the report says why
+    assert _producer(out, "y").op_type == "Softmax" and _producer(out, "logits").op_type == "Gemm"
+    assert report.details["float_outputs"] == ["logits"]
+    assert any(s.target == "probs" and "1 row(s) per run stays float" in s.reason for s in report.skipped)
+
+
 @pytest.mark.parametrize(("reduce_range", "bound"), [(True, 63), (False, 127)])
 def test_weights_are_per_channel_int8_and_bias_int32(reduce_range: bool, bound: int, rng: np.random.Generator) -> None:
     # setup
@@ -331,10 +370,10 @@ def test_prepare_folds_batchnorm_bias_adds_sum_and_matmul_add(rng: np.random.Gen
 
 
 def test_clipping_methods_keep_the_full_range_where_the_quantized_region_ends(rng: np.random.Generator) -> None:
-    # setup: heavy-tailed activations; c1 feeds a quantized Conv, c2 only a float Softmax
+    # setup: heavy-tailed activations; c1 feeds a quantized Conv, c2 only a float Sigmoid
     nodes = [helper.make_node("Conv", ["x", "eye"], ["c1"], name="conv1", kernel_shape=[1, 1]),
              helper.make_node("Conv", ["c1", "eye"], ["c2"], name="conv2", kernel_shape=[1, 1]),
-             helper.make_node("Softmax", ["c2"], ["y"], name="softmax", axis=1)]
+             helper.make_node("Sigmoid", ["c2"], ["y"], name="sigmoid")]
     model = _model(nodes, {"eye": np.eye(4, dtype=np.float32).reshape(4, 4, 1, 1)}, ["N", 4, 8, 8], ["N", 4, 8, 8])
     x = rng.laplace(size=(64, 4, 8, 8)).astype(np.float32)
     # execute
