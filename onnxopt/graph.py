@@ -44,6 +44,22 @@ def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.Mod
     return model
 
 
+def copy_graph(graph: gs.Graph) -> gs.Graph:
+    """A copy of ``graph`` whose nodes and tensors are new but whose weight arrays are shared.
+
+    ``gs.Graph.copy`` drops a variable's ``type`` (a ``seq(tensor(float))`` comes back as a
+    tensor), so it is copied here, subgraphs included.
+    """
+    copied = graph.copy()
+    for old_graph, new_graph in zip([graph, *subgraphs(graph)], [copied, *subgraphs(copied)]):
+        new_tensors = new_graph.tensors()
+        for name, tensor in old_graph.tensors().items():
+            twin = new_tensors.get(name)
+            if isinstance(tensor, gs.Variable) and isinstance(twin, gs.Variable):
+                twin.type = tensor.type
+    return copied
+
+
 def rewire(old: gs.Tensor, new: gs.Tensor) -> None:
     """Make every consumer of ``old`` (subgraph consumers included) read ``new`` instead."""
     for consumer in list(old.outputs):
@@ -72,7 +88,7 @@ def inference_probe(graph: gs.Graph) -> onnx.ModelProto:
     """``graph`` exported for onnx shape inference without its weights: every constant larger than
     ``PROBE_CONSTANT_BYTES`` (not a graph output) becomes a graph input of the same type and shape.
     Inference only needs the values of small constants (shapes, axes, indices)."""
-    probe = graph.copy()
+    probe = copy_graph(graph)
     for tensor in list(probe.tensors().values()):
         if isinstance(tensor, gs.Constant) and (nbytes(tensor) or 0) > PROBE_CONSTANT_BYTES \
                 and tensor not in probe.outputs:

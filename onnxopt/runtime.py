@@ -82,19 +82,29 @@ def make_session(
 def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]):
     import onnxruntime as ort
 
-    from onnx.external_data_helper import load_external_data_for_model
+    from onnx.external_data_helper import load_external_data_for_tensor
 
-    declared = {t.name for t in _all_tensors(model) if t.HasField("data_location")}
+    external = onnx.TensorProto.EXTERNAL
+    before = [(t.data_location == external, t.HasField("data_location")) for t in _all_tensors(model)]
     with tempfile.TemporaryDirectory(prefix="onnxopt-") as tmp:
         path = Path(tmp) / "model.onnx"
-        # saving with external data moves the caller's weights out of the proto: read them back
-        onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
         try:
+            try:  # saving with external data moves the caller's weights out of the proto into the file
+                onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+            except OSError as exc:
+                raise OnnxoptError(f"cannot write the temporary copy onnxruntime loads models over ~1.8 GB from "
+                                   f"({tmp}): {exc}; free space there or set TMPDIR") from exc
             return ort.InferenceSession(str(path), options, providers=providers)
-        finally:
-            load_external_data_for_model(model, tmp)
-            for tensor in _all_tensors(model):
-                if tensor.name not in declared:
+        finally:  # put them back, also after a failed (partial) save
+            for tensor, (was_external, declared) in zip(_all_tensors(model), before):
+                if was_external or tensor.data_location != external:
+                    continue
+                if not tensor.HasField("raw_data"):  # written to the file: read it back
+                    load_external_data_for_tensor(tensor, tmp)
+                del tensor.external_data[:]
+                if declared:
+                    tensor.data_location = onnx.TensorProto.DEFAULT
+                else:
                     tensor.ClearField("data_location")
 
 

@@ -34,11 +34,11 @@ QLINEAR_OPS = frozenset({"Add", "Mul", "AveragePool", "GlobalAveragePool", "Conc
 SHARED_SCALE_OPS = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize"})
 ACTIVATION_OPS = frozenset({"Relu", "Clip"})
 POOLING_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool"})
-#: output in [0, 1]: fixed parameters (scale 1/256), onnxruntime runs it as QLinearSoftmax
+#: onnxruntime runs it as QLinearSoftmax (calibrated output range, within [0, 1])
 SOFTMAX_OPS = frozenset({"Softmax"})
-#: a Softmax at the end of the quantized region joins it only over this many rows per run (a
+#: a Softmax at the end of the quantized region joins it only over this many rows per sample (a
 #: detector's anchor scores): onnxruntime's float kernel is slow on many short rows, while a
-#: classifier's one row per sample gains nothing and would get probabilities in steps of 1/256
+#: classifier's one row per sample gains nothing and its uint8 probabilities can tie the top classes
 SOFTMAX_MIN_ROWS = 64
 COVERED_OPS = COMPUTE_OPS | QLINEAR_OPS | SHARED_SCALE_OPS | ACTIVATION_OPS | SOFTMAX_OPS
 #: ops whose float output onnxruntime can produce directly from an integer kernel (QGemm, MatMulIntegerToFloat)
@@ -94,8 +94,6 @@ class Plan:
     #: quantized tensors read only by float ops (or graph outputs): they keep their full range, since
     #: clipping there cuts the extreme values (confident logits) that the outputs are made of
     exits: list[str] = field(default_factory=list)
-    #: quantized Softmax outputs: fixed parameters for [0, 1], not calibrated ones
-    probabilities: list[str] = field(default_factory=list)
     #: op type of every selected node
     ops: dict[str, str] = field(default_factory=dict)
     skipped: list[Skip] = field(default_factory=list)
@@ -127,7 +125,7 @@ def make_plan(graph: gs.Graph, settings: PlanSettings, dtypes: Mapping[str, np.d
     """The plan for a toposorted graph with unique node names (``shapes``: inferred tensor shapes)."""
     plan = Plan(weight_bound=settings.weight_bound)
     candidates = _candidates(graph, settings, dtypes, plan)
-    selected = _select(candidates, plan, shapes or {}, default_opset(graph))
+    selected = _select(candidates, plan, shapes or {}, default_opset(graph), _batch_size(graph))
     order = [n for n in graph.nodes if n.name in selected]
     plan.nodes = [n.name for n in order]
     plan.ops = {n.name: n.op for n in order}
@@ -173,7 +171,7 @@ def _candidates(graph: gs.Graph, settings: PlanSettings, dtypes: Mapping[str, np
 
 
 def _select(candidates: list[gs.Node], plan: Plan, shapes: Mapping[str, tuple[int | None, ...]],
-            opset: int) -> set[str]:
+            opset: int, batch: int) -> set[str]:
     """Compute layers, plus covered ops that feed a selected node (to a fixed point), plus Relu/Clip and
     pooling after a selected node (the quantizer after a Relu acts as the activation; after a
     pooling, the dequantization runs on the smaller pooled tensor, as after a classifier's last
@@ -200,7 +198,7 @@ def _select(candidates: list[gs.Node], plan: Plan, shapes: Mapping[str, tuple[in
     for node in joining:
         if node.op not in SOFTMAX_OPS or node.name in selected:
             continue
-        rows = _softmax_rows(node, shapes, opset)
+        rows = _softmax_rows(node, shapes, opset, batch)
         path = _path_from(node, selected, eligible)
         if path is not None and rows >= SOFTMAX_MIN_ROWS:
             selected.update(path | {node.name})
@@ -208,24 +206,43 @@ def _select(candidates: list[gs.Node], plan: Plan, shapes: Mapping[str, tuple[in
             few_rows[node.name] = rows
     for node in joining:
         if node.name in few_rows:
-            plan.skipped.append(Skip(node.name, f"Softmax over {few_rows[node.name] or 'unknown'} row(s) per run stays "
-                                                f"float (QLinearSoftmax pays off from {SOFTMAX_MIN_ROWS} rows)"))
+            plan.skipped.append(Skip(node.name, f"Softmax over {few_rows[node.name] or 'unknown'} row(s) per sample "
+                                                f"stays float (QLinearSoftmax pays off from {SOFTMAX_MIN_ROWS} rows)"))
         elif node.name not in selected:
             plan.skipped.append(Skip(node.name, "does not feed a quantized layer (nothing to fuse with)"))
     return selected
 
 
-def _softmax_rows(node: gs.Node, shapes: Mapping[str, tuple[int | None, ...]], opset: int) -> int:
-    """Rows a Softmax normalises per run (0 when its input shape is unknown; symbolic dims count 1)."""
+def _softmax_rows(node: gs.Node, shapes: Mapping[str, tuple[int | None, ...]], opset: int, batch: int) -> int:
+    """Rows a Softmax normalises per sample: all rows of a run over the model's batch size ``batch``
+    (a fixed-batch classifier has one per sample, not the batch's count); 0 when the input's shape
+    or the normalised length is unknown. Symbolic dims other than that length count as 1."""
     shape = shapes.get(node.inputs[0].name)
     if not shape:
         return 0
-    dims = [d or 1 for d in shape]
     axis = int(node.attrs.get("axis", -1 if opset >= 13 else 1))
-    axis += len(dims) if axis < 0 else 0
+    axis += len(shape) if axis < 0 else 0
+    if not 0 <= axis < len(shape):
+        return 0
+    dims = [d or 1 for d in shape]
     if opset >= 13:  # normalised along one axis
-        return math.prod(dims) // max(dims[axis], 1)
-    return math.prod(dims[:axis])  # before opset 13: the input is coerced to 2-D at ``axis``
+        if shape[axis] is None:
+            return 0
+        rows = math.prod(dims) // max(dims[axis], 1)
+    else:  # before opset 13: the input is coerced to 2-D at ``axis``
+        if any(d is None for d in shape[axis:]):
+            return 0
+        rows = math.prod(dims[:axis])
+    return rows // max(batch, 1)
+
+
+def _batch_size(graph: gs.Graph) -> int:
+    """The model's batch size: the first graph input's leading dim when fixed, else 1."""
+    for tensor in graph.inputs:
+        if tensor.shape:
+            first = tensor.shape[0]
+            return first if isinstance(first, int) and first > 0 else 1
+    return 1
 
 
 def _path_from(node: gs.Node, selected: set[str], eligible: set[str]) -> set[str] | None:
@@ -294,13 +311,11 @@ def _plan_output(node: gs.Node, plan: Plan, selected: set[str], settings: PlanSe
     if node.op in FLOAT_OUTPUT_OPS and not quantized_consumers:
         plan.float_outputs.append(out.name)
         return
-    if node.op in SOFTMAX_OPS:
-        plan.probabilities.append(out.name)
     shares = node.op in SHARED_SCALE_OPS or (node.op == "Relu" and settings.symmetric)
     source = plan.tensors.get(node.inputs[0].name) if shares else None
     plan.tensors[out.name] = source or out.name
-    if source is None and not quantized_consumers:
-        plan.exits.append(out.name)
+    if not quantized_consumers and (source or out.name) not in plan.exits:
+        plan.exits.append(source or out.name)  # a MaxPool at the end shares its input's range: keep it full
 
 
 def _foldable(node: gs.Node) -> bool:
@@ -384,6 +399,10 @@ def _check(node: gs.Node, dtypes: Mapping[str, np.dtype | None]) -> str | None:
         return "all inputs are constants (left for constant folding)"
     if node.op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1].outputs:
         return "MaxPool indices output is used"
+    if node.op == "AveragePool" and any(int(d) != 1 for d in node.attrs.get("dilations", [])):
+        return "AveragePool with dilations has no integer kernel (QLinearAveragePool lacks them)"
+    if node.op == "AveragePool" and int(node.attrs.get("ceil_mode", 0)) and int(node.attrs.get("count_include_pad", 0)):
+        return "AveragePool with ceil_mode and count_include_pad: onnxruntime's integer kernel averages differently"
     if node.op == "Resize" and node.attrs.get("mode", "nearest") not in ("nearest", "linear"):
         return f"Resize mode '{node.attrs.get('mode')}' can overshoot the input range"
     if node.op == "Clip" and None in _clip_bounds(node):

@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.calibration import Method, Observer, QParams, qparams_from_range
 from onnxopt.data import DataSource
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import default_opset, export, import_graph, replace_contents
+from onnxopt.graph import copy_graph, default_opset, export, import_graph, replace_contents
 from onnxopt.hardware import cpu_info
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from passes._int8_emit import EmitResult, apply_plan
@@ -129,7 +129,7 @@ class Int8(Pass):
         report = PassReport(self.name)
         # preparing changes the model, kept only if something is quantized; the copy shares the weight
         # arrays (no pass changes an array in place), so a large model is not held twice
-        work = graph.copy()
+        work = copy_graph(graph)
         dtypes, self._shapes = self._prepare(work, ctx, report)
         float_model = export(work)
         plan = make_plan(work, self._plan_settings({}), dtypes, self._shapes)
@@ -229,12 +229,9 @@ class Int8(Pass):
         """Scale and zero point per tensor: the method's range, the full range where the quantized
         region ends (see ``Plan.exits``)."""
         full = set(plan.exits)
-        params = {name: (qparams_from_range(obs.lo, obs.hi, self.activation_type, self.symmetric) if name in full
-                         and not obs.empty else obs.qparams(self.activation_type, self.symmetric))
-                  for name, obs in observers.items()}
-        for name in plan.probabilities:  # [0, 1] in 256 steps, as onnxruntime's QLinearSoftmax expects
-            params[name] = QParams(1.0 / 256.0, 0 if self.activation_type == "uint8" else -128, self.activation_type)
-        return params
+        return {name: (qparams_from_range(obs.lo, obs.hi, self.activation_type, self.symmetric) if name in full
+                       and not obs.empty else obs.qparams(self.activation_type, self.symmetric))
+                for name, obs in observers.items()}
 
     def _observer_options(self) -> dict[str, float | int]:
         if self.method == "minmax":

@@ -124,11 +124,12 @@ def test_softmax_over_many_rows_runs_as_qlinearsoftmax(rng: np.random.Generator)
     x = rng.standard_normal((32, 3, 8, 8)).astype(np.float32)
     # execute
     out, report = apply_pass(Int8(), model, _ctx(model, x))
-    # assert: probabilities in steps of 1/256 from zero point 0, fused by onnxruntime
+    # assert: probabilities quantized from zero point 0 over their calibrated range, fused by onnxruntime
     dq = _producer(out, "y")
     q = _producer(out, dq.input[0])
     assert dq.op_type == "DequantizeLinear" and _producer(out, q.input[0]).op_type == "Softmax"
-    assert _qparams(out, q.name) == (1.0 / 256.0, 0)
+    scale, zero_point = _qparams(out, q.name)
+    assert zero_point == 0 and 0.5 / 255 < scale <= 1.0 / 255 + 1e-9
     assert report.details["fusion"]["integer_kernels"] == {"QLinearConv": 1, "QLinearSoftmax": 1}
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.abs(a - b).max() < 0.05
@@ -146,7 +147,7 @@ def test_classifier_softmax_stays_float(rng: np.random.Generator) -> None:
     # assert: the Gemm writes float logits (QGemm), the Softmax stays float, and the report says why
     assert _producer(out, "y").op_type == "Softmax" and _producer(out, "logits").op_type == "Gemm"
     assert report.details["float_outputs"] == ["logits"]
-    assert any(s.target == "probs" and "1 row(s) per run stays float" in s.reason for s in report.skipped)
+    assert any(s.target == "probs" and "1 row(s) per sample stays float" in s.reason for s in report.skipped)
 
 
 @pytest.mark.parametrize(("reduce_range", "bound"), [(True, 63), (False, 127)])
@@ -675,3 +676,66 @@ def test_kernel_deviation_hint_names_saturation_only_where_it_can_happen(
     hint = pass_._deviation_hint(PassContext(), 12)
     assert ("saturation" in hint) is saturation
     assert saturation or "12 layer(s)" in hint
+
+
+def test_sequence_typed_tensors_survive_the_pass(rng: np.random.Generator) -> None:
+    # setup: a seq(tensor(float)) between two Convs (the working copy once typed it as a tensor)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", kernel_shape=[1, 1]),
+             helper.make_node("SplitToSequence", ["c1"], ["parts"], name="split", axis=1, keepdims=1),
+             helper.make_node("ConcatFromSequence", ["parts"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "w2"], ["y"], name="conv2", kernel_shape=[1, 1])]
+    model = onnx.shape_inference.infer_shapes(_model(
+        nodes, {"w1": rng.standard_normal((4, 2, 1, 1)) * 0.5, "w2": rng.standard_normal((3, 4, 1, 1)) * 0.5},
+        ["N", 2, 4, 4], ["N", 3, 4, 4]))
+    x = rng.standard_normal((8, 2, 4, 4)).astype(np.float32)
+    # execute
+    out, report = apply_pass(Int8(), model, _ctx(model, x))
+    # assert
+    assert report.details["quantized_ops"] == {"Conv": 2}
+    assert next(v for v in out.graph.value_info if v.name == "parts").type.HasField("sequence_type")
+
+
+@pytest.mark.parametrize(("attrs", "side"), [({"dilations": [2, 2]}, 3),
+                                           ({"ceil_mode": 1, "count_include_pad": 1, "pads": [1, 1, 1, 1]}, 5)])
+def test_average_pool_without_a_matching_integer_kernel_stays_float(attrs: dict, side: int,
+                                                                     rng: np.random.Generator) -> None:
+    # setup: QLinearAveragePool has no dilations, and averages ceil-mode windows with padding differently
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("AveragePool", ["r1"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2], **attrs)]
+    model = _model(nodes, {"w1": rng.standard_normal((4, 2, 1, 1)) * 0.5}, ["N", 2, 9, 9], ["N", 4, side, side], opset=19)
+    x = rng.standard_normal((8, 2, 9, 9)).astype(np.float32)
+    # execute
+    out, report = apply_pass(Int8(), model, _ctx(model, x))
+    # assert
+    assert _producer(out, "y").op_type == "AveragePool"
+    assert any(s.target == "pool" and "AveragePool with" in s.reason for s in report.skipped)
+    a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
+    assert np.linalg.norm(a - b) < 0.02 * np.linalg.norm(a)
+
+
+def test_fixed_batch_classifier_softmax_counts_rows_per_sample(rng: np.random.Generator) -> None:
+    # setup: a batch of 64 fixed in the graph: 64 rows per run, but one per sample
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"], name="fc", transB=1),
+             helper.make_node("Softmax", ["logits"], ["y"], name="probs", axis=-1)]
+    model = _model(nodes, {"w": rng.standard_normal((10, 16)) * 0.3, "b": np.zeros(10, np.float32)}, [64, 16], [64, 10])
+    # execute
+    out, report = apply_pass(Int8(), model, _ctx(model, rng.standard_normal((64, 16)).astype(np.float32)))
+    # assert
+    assert _producer(out, "y").op_type == "Softmax"
+    assert any(s.target == "probs" and "1 row(s) per sample" in s.reason for s in report.skipped)
+
+
+def test_max_pool_at_the_end_keeps_its_input_full_range(rng: np.random.Generator) -> None:
+    # setup: heavy tails; the MaxPool output is made of the largest values, which clipping would cut
+    nodes = [helper.make_node("Conv", ["x", "eye"], ["c1"], name="conv1", kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("MaxPool", ["r1"], ["y"], name="pool", kernel_shape=[4, 4], strides=[4, 4])]
+    model = _model(nodes, {"eye": np.eye(4, dtype=np.float32).reshape(4, 4, 1, 1)}, ["N", 4, 8, 8], ["N", 4, 2, 2])
+    x = rng.laplace(size=(64, 4, 8, 8)).astype(np.float32)
+    # execute
+    _, report = apply_pass(Int8(method="percentile", percentile=99.9), model, _ctx(model, x))
+    # assert: the pool shares r1's parameters, and r1 keeps its observed maximum
+    assert "MaxPool" in report.details["quantized_ops"]
+    r1 = report.details["ranges"]["r1"]
+    assert r1["clip"][1] >= r1["max"] - r1["scale"]

@@ -48,3 +48,28 @@ def test_extra_outputs_need_a_model_proto(tmp_path, rng: np.random.Generator) ->
     onnx.save(_two_layer_model(rng), str(path))
     with pytest.raises(TypeError, match="ModelProto"):
         make_session(path, outputs=["h"])
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+def test_a_failed_external_data_save_leaves_the_model_intact(monkeypatch: pytest.MonkeyPatch,
+                                                              rng: np.random.Generator) -> None:
+    import resource
+    import signal
+
+    # setup: the external-data path with a file-size limit below the weights' 72 KiB (a full disk)
+    model = _two_layer_model(rng)
+    monkeypatch.setattr(runtime, "EXTERNAL_DATA_THRESHOLD", 1024)
+    before = model.SerializeToString()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # execute
+    resource.setrlimit(resource.RLIMIT_FSIZE, (70_000, hard))
+    try:
+        with pytest.raises(runtime.OnnxoptError, match="File too large"):
+            make_session(model, outputs=["h"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    # assert: the weights written before the failure are back in the proto, which still runs
+    assert model.SerializeToString() == before
+    assert make_session(model).run(None, {"x": np.ones((1, 64), np.float32)})[0].shape == (1, 8)
