@@ -618,3 +618,27 @@ def test_measured_copy_rounds_every_float16_output(where: str) -> None:
     # assert
     assert not np.array_equal(run_model(model, feeds)[0], expected)  # unrounded: x survives the +-2048
     np.testing.assert_array_equal(run_model(measured, feeds)[0], expected)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_batchnorm_is_folded_first_so_onnxruntime_keeps_conv_bn_fused(fold: bool) -> None:
+    # setup: Conv -> BatchNormalization -> Relu (opset 15: BN statistics may stay float32 beside float16 data)
+    channels = 3
+    model = build("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float[N,2,6,6] x) => (float[N,3,6,6] y) {
+            c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+            n = BatchNormalization (c, scale, bias, mean, var)
+            y = Relu(n)
+        }""", w=RNG.standard_normal((channels, 2, 3, 3), np.float32), b=RNG.standard_normal(channels, np.float32),
+        scale=RNG.uniform(0.5, 2, channels).astype(np.float32), bias=RNG.standard_normal(channels, np.float32),
+        mean=RNG.standard_normal(channels, np.float32), var=RNG.uniform(0.5, 2, channels).astype(np.float32))
+    feeds = {"x": RNG.standard_normal((4, 2, 6, 6)).astype(np.float32)}
+    # execute
+    result, report = apply_pass(Fp16(fold_batchnorm=fold), model, None)
+    # assert: folded (default), the float16 model has no BatchNormalization left; otherwise it keeps it
+    assert ("BatchNormalization" in op_counts(result)) is not fold
+    assert report.details.get("batchnorm_folded") == (1 if fold else None)
+    conv = next(n for n in result.graph.node if n.op_type == "Conv")
+    assert elem_types(result.graph)[conv.input[1]] == TensorProto.FLOAT16
+    assert_close(model, result, feeds)
