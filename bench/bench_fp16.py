@@ -359,7 +359,7 @@ def report(real: list[tuple[Case, list[Row]]], light: list[tuple[Case, list[Row]
     parts = [
         "## fp16: float16 conversion vs onnxconverter-common",
         "",
-        "Ours is `Fp16()` with its defaults (keep_io_types, provider probe on CPUExecutionProvider); "
+        "Ours is `Fp16()` with its defaults (keep_io_types, BatchNormalization folded first, provider probe on CPUExecutionProvider); "
         "\"+ calibration\" adds the model's calibration data (range guard and per-node error check). "
         "Theirs is `onnxconverter_common.float16.convert_float_to_float16(model, keep_io_types=True)`; where "
         "the original lists its initializers as graph inputs (IR 3/4 exports), theirs is also run on the model "
