@@ -39,6 +39,7 @@ class Pipeline:
         input_names = [t.name for t in graph.inputs]
         output_names = [t.name for t in graph.outputs]
         reports = []
+        exported = None
         for p in self.passes:
             logger.info("running %s", p.describe())
             p.requires(graph, ctx)
@@ -50,20 +51,23 @@ class Pipeline:
             report.nodes_removed = sum((before - after).values())
             check_io_kept(graph, input_names, output_names, p.name)
             p.ensures(graph, ctx, report)
-            _check_exportable(graph, model, p.name)
+            exported = _checked_export(graph, model, p.name)
             logger.info("%s: %d change(s), +%d/-%d nodes", p.name, report.changes,
                         report.nodes_added, report.nodes_removed)
             reports.append(report)
-        return PipelineResult(export(graph, model), reports)
+        return PipelineResult(exported if exported is not None else export(graph, model), reports)
 
 
 def _histogram(graph: gs.Graph) -> Counter[str]:
     return Counter(node.op for node in graph.nodes)
 
 
-def _check_exportable(graph: gs.Graph, template: onnx.ModelProto, pass_name: str) -> None:
+def _checked_export(graph: gs.Graph, template: onnx.ModelProto, pass_name: str) -> onnx.ModelProto:
+    """``graph`` exported (the last pass's export is the pipeline's result) and checked."""
+    exported = export(graph, template)
     try:
-        onnx.checker.check_model(export(graph, template), full_check=False)
+        onnx.checker.check_model(exported, full_check=False)
+        return exported
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
         text = str(exc).strip().splitlines()
         raise PostconditionError(
