@@ -42,7 +42,8 @@ OUT = WORK / "int8"
 MODELS = ROOT / "models"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 BUNDLED = ("resnet_fmnist", "vgg_digits", "mlp_fmnist")
-LIGHT = (("light_squeezenet", 4), ("light_resnet50", 12))  # (name, latency cost: fewer paired runs)
+LIGHT = (("light_squeezenet", 4), ("light_shufflenet", 2), ("light_inception_v1", 4), ("light_densenet121", 8),
+         ("light_resnet50", 12), ("light_bvlc_alexnet", 12))  # (name, latency cost: fewer paired runs)
 TOOLS = (("onnxopt", "minmax"), ("onnxopt", "entropy"), ("ort", "minmax"), ("ort", "entropy"))
 #: extra rows on the bundled models: each tool with the other's weight range (see the notes below the table)
 VARIANTS = (("onnxopt", "minmax", "7-bit weights"), ("ort", "minmax", "reduce_range"))

@@ -203,6 +203,44 @@ def matmul_add_to_gemm(graph: gs.Graph, shapes: Mapping[str, tuple[int | None, .
     return count
 
 
+def conv_mul_to_weight(graph: gs.Graph) -> int:
+    """Fold ``Conv(x, W[, b]) * s`` with a constant per-output-channel (or scalar) ``s`` into the Conv's
+    weight and bias, as onnxruntime does before fusing (Caffe2 exports write a SpatialBN's scale this
+    way: Conv, BatchNormalization, Mul, Add). The Conv gets new constants; a shared weight stays."""
+    count = 0
+    for node in [n for n in graph.nodes if n.op == "Conv"]:
+        out = node.outputs[0]
+        weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        if weight is None or len(out.outputs) != 1 or any(t is out for t in graph.outputs):
+            continue
+        mul = out.outputs[0]
+        if mul.op != "Mul":
+            continue
+        value = constant_value(mul.inputs[1] if mul.inputs[0] is out else mul.inputs[0])
+        channels = weight.shape[0]
+        if value is None or value.dtype != weight.dtype or value.ndim > weight.ndim:
+            continue
+        if value.size == 1:
+            scale = np.full(channels, value.reshape(()), weight.dtype)
+        elif (1,) * (weight.ndim - value.ndim) + value.shape == (1, channels) + (1,) * (weight.ndim - 2):
+            scale = value.reshape(-1)
+        else:
+            continue
+        has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
+        bias = constant_value(node.inputs[2]) if has_bias else None
+        if has_bias and bias is None:
+            continue
+        node.inputs[1] = gs.Constant(f"{node.name}_weight_scaled",
+                                     (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype))
+        if bias is not None:
+            node.inputs[2] = gs.Constant(f"{node.name}_bias_scaled", (bias * scale).astype(weight.dtype))
+        node.outputs[0] = mul.outputs[0]
+        mul.outputs.clear()
+        count += 1
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return count
+
+
 def conv_add_to_bias(graph: gs.Graph) -> int:
     """Fold ``Conv(x, W[, b]) + c`` with a constant per-channel ``c`` (shape [1, M, 1, 1] or [M, 1, 1])
     into the Conv's bias, as onnxruntime does before fusing (CNTK exports write biases this way)."""

@@ -34,9 +34,9 @@ from passes._int8_measure import (Limited, RunOptions, calibrate, fusion_report,
                                   measure_budget)
 from passes._int8_plan import COVERED_OPS, Plan, PlanSettings, candidate_tensors, make_plan
 from passes._int8_prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
-                                  conv_add_to_bias, constant_types, has_foldable_nodes, infer_types,
-                                  matmul_add_to_gemm,
-                                  name_nodes, strip_qdq, sum_to_add, unique_names, upgrade_opset)
+                                  constant_types, conv_add_to_bias, conv_mul_to_weight, has_foldable_nodes,
+                                  infer_types, matmul_add_to_gemm, name_nodes, strip_qdq, sum_to_add,
+                                  unique_names, upgrade_opset)
 from onnxopt.settings_check import require_known
 from passes.fold_batchnorm import FoldBatchNorm
 from passes.fold_constants import ConstantFolding
@@ -187,7 +187,8 @@ class Int8(Pass):
             graph.cleanup(remove_unused_graph_inputs=False)
             prepared.update({
                 "constants_folded": folded, "batchnorm_folded": batchnorm.changes if batchnorm else 0,
-                "sum_to_add": sum_to_add(graph), "conv_add_to_bias": conv_add_to_bias(graph)})
+                "sum_to_add": sum_to_add(graph), "conv_mul_to_weight": conv_mul_to_weight(graph),
+                "conv_add_to_bias": conv_add_to_bias(graph)})
         dtypes, shapes = infer_types(graph)
         if self.prepare:
             prepared["matmul_add_to_gemm"] = matmul_add_to_gemm(graph, shapes)

@@ -336,15 +336,17 @@ def test_clip_folds_only_when_its_lower_bound_is_zero(rng: np.random.Generator) 
     assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)
 
 
-def test_prepare_folds_batchnorm_bias_adds_sum_and_matmul_add(rng: np.random.Generator) -> None:
-    # setup: Conv -> BatchNorm -> Relu; Conv -> Add([1, C, 1, 1] bias); Sum residual; Flatten -> MatMul -> Add
+def test_prepare_folds_batchnorm_scale_bias_adds_sum_and_matmul_add(rng: np.random.Generator) -> None:
+    # setup: Conv -> BatchNorm -> Relu; Conv -> Mul([1, C, 1, 1] scale) -> Add([1, C, 1, 1] bias) (Caffe2);
+    # Sum residual; Flatten -> MatMul -> Add
     c = 3
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", kernel_shape=[1, 1]),
         helper.make_node("BatchNormalization", ["c1", "g", "beta", "mean", "var"], ["n1"], name="bn"),
         helper.make_node("Relu", ["n1"], ["r1"], name="relu"),
         helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
-        helper.make_node("Add", ["c2", "cb"], ["a2"], name="conv2_bias"),
+        helper.make_node("Mul", ["c2", "cs"], ["m2"], name="conv2_scale"),
+        helper.make_node("Add", ["m2", "cb"], ["a2"], name="conv2_bias"),
         helper.make_node("Sum", ["a2", "r1"], ["s"], name="residual"),
         helper.make_node("Flatten", ["s"], ["f"], name="flatten"),
         helper.make_node("MatMul", ["f", "wm"], ["m"], name="fc"),
@@ -352,7 +354,8 @@ def test_prepare_folds_batchnorm_bias_adds_sum_and_matmul_add(rng: np.random.Gen
     ]
     inits = {"w1": rng.standard_normal((c, c, 1, 1)), "g": rng.uniform(0.5, 1.5, c), "beta": rng.standard_normal(c),
              "mean": rng.standard_normal(c) * 0.1, "var": rng.uniform(0.5, 2.0, c),
-             "w2": rng.standard_normal((c, c, 1, 1)), "cb": rng.standard_normal((1, c, 1, 1)),
+             "w2": rng.standard_normal((c, c, 1, 1)), "cs": rng.uniform(0.5, 2.0, (1, c, 1, 1)),
+             "cb": rng.standard_normal((1, c, 1, 1)),
              "wm": rng.standard_normal((c * 16, 5)), "bm": rng.standard_normal(5)}
     model = _model(nodes, inits, ["N", c, 4, 4], ["N", 5])
     x = rng.standard_normal((32, c, 4, 4)).astype(np.float32)
@@ -360,11 +363,11 @@ def test_prepare_folds_batchnorm_bias_adds_sum_and_matmul_add(rng: np.random.Gen
     out, report = apply_pass(Int8(), model, _ctx(model, x))
     # assert: every float op around the layers is gone into them, and onnxruntime fuses them all
     assert report.details["prepared"] == {"constants_folded": 0, "batchnorm_folded": 1, "sum_to_add": 1,
-                                          "conv_add_to_bias": 1, "matmul_add_to_gemm": 1,
+                                          "conv_mul_to_weight": 1, "conv_add_to_bias": 1, "matmul_add_to_gemm": 1,
                                           "nodes_renamed": 0}
     ops = op_counts(out)
     assert (ops["Conv"], ops["Gemm"], ops["Add"], ops["Relu"]) == (2, 1, 1, 1)
-    assert "BatchNormalization" not in ops and "MatMul" not in ops and "Sum" not in ops
+    assert not {"BatchNormalization", "MatMul", "Sum", "Mul"} & set(ops)
     assert report.details["fusion"]["integer_kernels"] == {"QGemm": 1, "QLinearAdd": 1, "QLinearConv": 2}
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)
@@ -739,3 +742,19 @@ def test_max_pool_at_the_end_keeps_its_input_full_range(rng: np.random.Generator
     assert "MaxPool" in report.details["quantized_ops"]
     r1 = report.details["ranges"]["r1"]
     assert r1["clip"][1] >= r1["max"] - r1["scale"]
+
+
+def test_scale_folds_into_one_of_two_convs_sharing_a_weight(rng: np.random.Generator) -> None:
+    # setup: conv1 and conv2 share w; only conv1 is followed by a scalar Mul
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c1"], name="conv1", kernel_shape=[1, 1]),
+             helper.make_node("Mul", ["c1", "two"], ["m1"], name="scale"),
+             helper.make_node("Conv", ["m1", "w"], ["y"], name="conv2", kernel_shape=[1, 1])]
+    model = _model(nodes, {"w": rng.standard_normal((3, 3, 1, 1)) * 0.5, "two": np.array(2.0, np.float32)},
+                   ["N", 3, 4, 4], ["N", 3, 4, 4])
+    x = rng.standard_normal((16, 3, 4, 4)).astype(np.float32)
+    # execute
+    out, report = apply_pass(Int8(), model, _ctx(model, x))
+    # assert: conv1 gets a doubled copy of the weight, conv2 keeps the original values
+    assert report.details["prepared"]["conv_mul_to_weight"] == 1 and "Mul" not in op_counts(out)
+    a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
+    assert np.linalg.norm(a - b) < 0.03 * np.linalg.norm(a)
