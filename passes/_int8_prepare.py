@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -207,74 +207,66 @@ def conv_mul_to_weight(graph: gs.Graph) -> int:
     """Fold ``Conv(x, W[, b]) * s`` with a constant per-output-channel (or scalar) ``s`` into the Conv's
     weight and bias, as onnxruntime does before fusing (Caffe2 exports write a SpatialBN's scale this
     way: Conv, BatchNormalization, Mul, Add). The Conv gets new constants; a shared weight stays."""
-    count = 0
-    for node in [n for n in graph.nodes if n.op == "Conv"]:
-        out = node.outputs[0]
-        weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-        if weight is None or len(out.outputs) != 1 or any(t is out for t in graph.outputs):
-            continue
-        mul = out.outputs[0]
-        if mul.op != "Mul":
-            continue
-        value = constant_value(mul.inputs[1] if mul.inputs[0] is out else mul.inputs[0])
-        channels = weight.shape[0]
-        if value is None or value.dtype != weight.dtype or value.ndim > weight.ndim:
-            continue
-        if value.size == 1:
-            scale = np.full(channels, value.reshape(()), weight.dtype)
-        elif (1,) * (weight.ndim - value.ndim) + value.shape == (1, channels) + (1,) * (weight.ndim - 2):
-            scale = value.reshape(-1)
-        else:
-            continue
-        has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
-        bias = constant_value(node.inputs[2]) if has_bias else None
-        if has_bias and bias is None:
-            continue
+    found = list(_conv_then_constant(graph, "Mul"))
+    for node, mul, weight, scale in found:
         node.inputs[1] = gs.Constant(f"{node.name}_weight_scaled",
                                      (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype))
-        if bias is not None:
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            bias = constant_value(node.inputs[2])
             node.inputs[2] = gs.Constant(f"{node.name}_bias_scaled", (bias * scale).astype(weight.dtype))
-        node.outputs[0] = mul.outputs[0]
-        mul.outputs.clear()
-        count += 1
+        _bypass(node, mul)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return count
+    return len(found)
 
 
 def conv_add_to_bias(graph: gs.Graph) -> int:
-    """Fold ``Conv(x, W[, b]) + c`` with a constant per-channel ``c`` (shape [1, M, 1, 1] or [M, 1, 1])
-    into the Conv's bias, as onnxruntime does before fusing (CNTK exports write biases this way)."""
-    count = 0
-    for node in [n for n in graph.nodes if n.op == "Conv"]:
-        out = node.outputs[0]
-        weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-        if weight is None or len(out.outputs) != 1 or any(t is out for t in graph.outputs):
-            continue
-        add = out.outputs[0]
-        if add.op != "Add":
-            continue
-        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-        value = constant_value(other)
-        channels = weight.shape[0]
-        if value is None or value.dtype != weight.dtype or value.ndim not in (weight.ndim - 1, weight.ndim):
-            continue
-        aligned = (1,) * (weight.ndim - value.ndim) + value.shape
-        if aligned != (1, channels) + (1,) * (weight.ndim - 2):
-            continue
+    """Fold ``Conv(x, W[, b]) + c`` with a constant per-output-channel (or scalar) ``c`` into the Conv's
+    bias, as onnxruntime does before fusing (CNTK and Caffe2 exports write biases this way)."""
+    found = list(_conv_then_constant(graph, "Add"))
+    for node, add, weight, value in found:
         has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
-        old = constant_value(node.inputs[2]) if has_bias else np.zeros(channels, weight.dtype)
-        if old is None:
-            continue
-        bias = gs.Constant(f"{node.name}_bias_folded", (old + value.reshape(-1)).astype(weight.dtype))
+        old = constant_value(node.inputs[2]) if has_bias else np.zeros(len(value), weight.dtype)
+        bias = gs.Constant(f"{node.name}_bias_folded", (old + value).astype(weight.dtype))
         if len(node.inputs) > 2:
             node.inputs[2] = bias
         else:
             node.inputs.append(bias)
-        node.outputs[0] = add.outputs[0]
-        add.outputs.clear()
-        count += 1
+        _bypass(node, add)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return count
+    return len(found)
+
+
+def _conv_then_constant(graph: gs.Graph, op: str) -> Iterator[tuple[gs.Node, gs.Node, np.ndarray, np.ndarray]]:
+    """``(conv, follower, weight, per-channel value)`` for each Conv with constant weight (and bias)
+    whose output only feeds an ``op`` whose other operand is a constant per output channel (shape
+    [1, M, 1, 1], [M, 1, 1] or a scalar, in the weight's dtype)."""
+    for node in [n for n in graph.nodes if n.op == "Conv"]:
+        out = node.outputs[0]
+        weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        if weight is None or len(out.outputs) != 1 or any(t is out for t in graph.outputs):
+            continue
+        follower = out.outputs[0]
+        if follower.op != op or len(follower.inputs) != 2:
+            continue
+        value = constant_value(follower.inputs[1] if follower.inputs[0] is out else follower.inputs[0])
+        if value is None or value.dtype != weight.dtype or value.ndim > weight.ndim:
+            continue
+        channels = weight.shape[0]
+        if value.size == 1:
+            per_channel = np.full(channels, value.reshape(()), weight.dtype)
+        elif (1,) * (weight.ndim - value.ndim) + value.shape == (1, channels) + (1,) * (weight.ndim - 2):
+            per_channel = value.reshape(-1)
+        else:
+            continue
+        if len(node.inputs) > 2 and node.inputs[2].name and constant_value(node.inputs[2]) is None:
+            continue  # a bias computed at run time
+        yield node, follower, weight, per_channel
+
+
+def _bypass(node: gs.Node, follower: gs.Node) -> None:
+    """``node`` now writes ``follower``'s output; ``follower`` is left unconnected."""
+    node.outputs[0] = follower.outputs[0]
+    follower.outputs.clear()
 
 
 def sum_to_add(graph: gs.Graph) -> int:
