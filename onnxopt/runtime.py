@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -30,7 +31,7 @@ NCHWC_MAX_WEIGHT_BYTES = 64 << 20
 
 
 def make_session(
-    model: onnx.ModelProto | str | os.PathLike[str],
+    model: onnx.ModelProto | bytes | str | os.PathLike[str],
     *,
     providers: Sequence[str] = DEFAULT_PROVIDERS,
     threads: int | None = None,
@@ -39,11 +40,12 @@ def make_session(
     outputs: Sequence[str] = (),
     disabled_optimizers: Sequence[str] = (),
 ) -> ort.InferenceSession:
-    """An onnxruntime session. ``optimize=False`` disables all graph optimizations (for exact
-    comparisons); ``threads`` sets intra-op threads (``None``: onnxruntime's default); ``outputs``
-    names intermediate tensors to expose as extra (untyped) outputs of a ``ModelProto``: they are
-    appended for the session's creation and removed again, so a large model is not copied;
-    ``disabled_optimizers`` names onnxruntime graph transformers to skip (with ``optimize``)."""
+    """An onnxruntime session of a ``ModelProto``, a serialized model or a file. ``optimize=False``
+    disables all graph optimizations (for exact comparisons); ``threads`` sets intra-op threads
+    (``None``: onnxruntime's default); ``outputs`` names intermediate tensors to expose as extra
+    (untyped) outputs of a ``ModelProto``: they are appended for the session's creation and removed
+    again, so a large model is not copied; ``disabled_optimizers`` names onnxruntime graph
+    transformers to skip (with ``optimize``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -62,28 +64,44 @@ def make_session(
             f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
             f"(available: {', '.join(sorted(available))})")
     if outputs and not isinstance(model, onnx.ModelProto):
-        raise TypeError("make_session: extra outputs need a ModelProto, not a path")
+        raise TypeError("make_session: extra outputs need a ModelProto, not a path or bytes")
     extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
-    added = 0
     try:
         if isinstance(model, onnx.ModelProto):
-            existing = {o.name for o in model.graph.output}
-            for name in dict.fromkeys(outputs):
-                if name not in existing:
-                    model.graph.output.append(onnx.ValueInfoProto(name=name))
-                    added += 1
-            if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
-                return _session_via_file(model, options, list(providers), extra)
-            return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers), **extra)
-        return ort.InferenceSession(str(model), options, providers=list(providers), **extra)
+            with _outputs_added(model, outputs):
+                if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+                    return _session_via_file(model, options, list(providers), extra)
+                return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers), **extra)
+        source = model if isinstance(model, bytes) else str(model)
+        return ort.InferenceSession(source, options, providers=list(providers), **extra)
     except OnnxoptError:
         raise
     except Exception as exc:  # onnxruntime's exception types are not part of its public API
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxoptError(f"onnxruntime cannot load the model: {first}") from exc
+
+
+def serialized_with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto | bytes:
+    """``model`` serialized with ``names`` as extra outputs, so that the caller can let the proto go
+    before onnxruntime parses the bytes: a large model is then held twice at the peak, not three
+    times. A model too large for one protobuf message comes back as it is."""
+    if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        return model
+    with _outputs_added(model, names):
+        return model.SerializeToString()
+
+
+@contextlib.contextmanager
+def _outputs_added(model: onnx.ModelProto, names: Sequence[str]) -> Iterator[None]:
+    """``names`` appended to the graph outputs (those not there yet) for the ``with`` block."""
+    existing = {o.name for o in model.graph.output}
+    added = [name for name in dict.fromkeys(names) if name not in existing]
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in added)
+    try:
+        yield
     finally:
         if added:
-            del model.graph.output[-added:]  # type: ignore[union-attr]
+            del model.graph.output[-len(added):]
 
 
 def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str],
@@ -128,7 +146,7 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 
 def iter_activations(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | bytes,
     names: Sequence[str],
     data: DataSource,
     *,
@@ -139,16 +157,18 @@ def iter_activations(
     description: str = "calibrating",
     optimize: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield, batch by batch, the values of the tensors ``names`` on ``data``. ``optimize`` turns
+    """Yield, batch by batch, the values of the tensors ``names`` on ``data`` (``model``: a proto, or
+    bytes from ``serialized_with_outputs`` that already list them as outputs). ``optimize`` turns
     onnxruntime's graph optimizations on: the requested tensors stay (they are graph outputs) and
     their values may differ by float rounding. Models with over ``NCHWC_MAX_WEIGHT_BYTES`` of
     weights skip the NCHWc layout transform, which holds a reordered copy of every Conv weight.
 
     Memory does not grow with the number of samples: nothing is kept between batches.
     """
-    skip = ("NchwcTransformer",) if optimize and tensor_bytes(model) > NCHWC_MAX_WEIGHT_BYTES else ()
-    session = make_session(model, providers=providers, threads=threads, outputs=names, optimize=optimize,
-                           disabled_optimizers=skip)
+    size = len(model) if isinstance(model, bytes) else tensor_bytes(model)
+    skip = ("NchwcTransformer",) if optimize and size > NCHWC_MAX_WEIGHT_BYTES else ()
+    session = make_session(model, providers=providers, threads=threads, optimize=optimize, disabled_optimizers=skip,
+                           outputs=() if isinstance(model, bytes) else names)
     wanted = list(dict.fromkeys(names))
     for batch in data.batches(batch_size, progress=progress, description=description):
         values = session.run(wanted, batch.inputs)

@@ -87,7 +87,7 @@ class RunOptions:
     progress: bool
 
 
-def calibrate(model: onnx.ModelProto, names: Sequence[str], data: Limited, method: str,
+def calibrate(model: onnx.ModelProto | bytes, names: Sequence[str], data: Limited, method: str,
               options: Mapping[str, float | int], run: RunOptions) -> dict[str, Observer]:
     """One streaming pass over the data (``data.seen`` then holds the samples seen), with onnxruntime's
     graph optimizations on, as in its own calibrators: ranges move by float rounding only, and the

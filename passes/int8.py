@@ -29,6 +29,7 @@ from onnxopt.errors import PreconditionError
 from onnxopt.graph import copy_graph, default_opset, export, import_graph, replace_contents
 from onnxopt.hardware import cpu_info
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
+from onnxopt.runtime import serialized_with_outputs
 from passes._int8_emit import EmitResult, apply_plan
 from passes._int8_measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
                                   measure_budget)
@@ -131,7 +132,6 @@ class Int8(Pass):
         # arrays (no pass changes an array in place), so a large model is not held twice
         work = copy_graph(graph)
         dtypes, self._shapes = self._prepare(work, ctx, report)
-        float_model = export(work)
         plan = make_plan(work, self._plan_settings({}), dtypes, self._shapes)
         if not plan.layers:
             report = PassReport(self.name, notes=[
@@ -143,16 +143,21 @@ class Int8(Pass):
             raise PreconditionError("int8 needs calibration data; give --calib (CLI) or calibration= (API)")
         data = Limited(ctx.calibration, self.calibration_samples)
         run = RunOptions(self.batch_size, tuple(ctx.providers), ctx.threads, ctx.progress)
-        names = candidate_tensors(work, dtypes) if self.max_drop is not None else plan.observed
-        observers = calibrate(float_model, names, data, self.method, self._observer_options(), run)
-        samples = data.seen
         if self.max_drop is None:
+            # the exported float model is a temporary: only its bytes live while onnxruntime parses them
+            observers = calibrate(serialized_with_outputs(export(work), plan.observed), plan.observed, data,
+                                  self.method, self._observer_options(), run)
+            samples = data.seen
             params = self._params(observers, plan)
             emitted = apply_plan(work, plan, params, dedicated=self.symmetric)
             work.cleanup(remove_unused_graph_inputs=False)
-            model = export(work, float_model)
+            model = export(work)
             replace_contents(graph, work)
         else:
+            float_model = export(work)
+            observers = calibrate(float_model, candidate_tensors(work, dtypes), data, self.method,
+                                  self._observer_options(), run)
+            samples = data.seen
             model, plan, emitted = self._meet_budget(float_model, dtypes, plan, observers, data, run, report,
                                                      self.max_drop)
             params = self._params(observers, plan)

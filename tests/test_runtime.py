@@ -73,3 +73,16 @@ def test_a_failed_external_data_save_leaves_the_model_intact(monkeypatch: pytest
     # assert: the weights written before the failure are back in the proto, which still runs
     assert model.SerializeToString() == before
     assert make_session(model).run(None, {"x": np.ones((1, 64), np.float32)})[0].shape == (1, 8)
+
+
+def test_serialized_with_outputs_gives_a_session_the_intermediate_tensors(rng: np.random.Generator) -> None:
+    # setup
+    model = _two_layer_model(rng)
+    before = model.SerializeToString()
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    # execute: the bytes carry the extra outputs; the proto does not keep them
+    image = runtime.serialized_with_outputs(model, ["h", "r"])
+    h, r = make_session(image).run(["h", "r"], {"x": x})
+    # assert
+    assert isinstance(image, bytes) and model.SerializeToString() == before
+    np.testing.assert_array_equal(r, np.maximum(h, 0))
