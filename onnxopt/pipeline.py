@@ -41,6 +41,7 @@ class Pipeline:
         reports = []
         exported = None
         for p in self.passes:
+            exported = None  # the previous pass's export is not the result: let it go before this pass runs
             logger.info("running %s", p.describe())
             p.requires(graph, ctx)
             before = _histogram(graph)

@@ -180,7 +180,7 @@ def matmul_add_to_gemm(graph: gs.Graph, shapes: Mapping[str, tuple[int | None, .
     onnxruntime does the same rewrite before it fuses Q/DQ groups; done afterwards, it leaves a
     float Gemm. As a Gemm the bias becomes int32 inside QGemm, which also keeps the output in float.
     """
-    count = 0
+    count, names = 0, FreshNames.of(graph)
     for node in [n for n in graph.nodes if n.op == "MatMul"]:
         a, w = node.inputs
         out = node.outputs[0]
@@ -194,7 +194,7 @@ def matmul_add_to_gemm(graph: gs.Graph, shapes: Mapping[str, tuple[int | None, .
         bias = constant_value(bias_tensor)
         if bias is None or bias.dtype != weight.dtype or bias.size != weight.shape[1] or bias.ndim > 2:
             continue
-        gemm_bias = gs.Constant(f"{node.name}_gemm_bias", np.ascontiguousarray(bias.reshape(-1)))
+        gemm_bias = gs.Constant(names.fresh(f"{node.name}_gemm_bias"), np.ascontiguousarray(bias.reshape(-1)))
         graph.nodes.append(gs.Node("Gemm", node.name, inputs=[a, w, gemm_bias], outputs=list(add.outputs)))
         add.outputs.clear()
         node.outputs.clear()
@@ -207,13 +207,13 @@ def conv_mul_to_weight(graph: gs.Graph) -> int:
     """Fold ``Conv(x, W[, b]) * s`` with a constant per-output-channel (or scalar) ``s`` into the Conv's
     weight and bias, as onnxruntime does before fusing (Caffe2 exports write a SpatialBN's scale this
     way: Conv, BatchNormalization, Mul, Add). The Conv gets new constants; a shared weight stays."""
-    found = list(_conv_then_constant(graph, "Mul"))
+    found, names = list(_conv_then_constant(graph, "Mul")), FreshNames.of(graph)
     for node, mul, weight, scale in found:
-        node.inputs[1] = gs.Constant(f"{node.name}_weight_scaled",
+        node.inputs[1] = gs.Constant(names.fresh(f"{node.name}_weight_scaled"),
                                      (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype))
         if len(node.inputs) > 2 and node.inputs[2].name:
             bias = constant_value(node.inputs[2])
-            node.inputs[2] = gs.Constant(f"{node.name}_bias_scaled", (bias * scale).astype(weight.dtype))
+            node.inputs[2] = gs.Constant(names.fresh(f"{node.name}_bias_scaled"), (bias * scale).astype(weight.dtype))
         _bypass(node, mul)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return len(found)
@@ -222,11 +222,11 @@ def conv_mul_to_weight(graph: gs.Graph) -> int:
 def conv_add_to_bias(graph: gs.Graph) -> int:
     """Fold ``Conv(x, W[, b]) + c`` with a constant per-output-channel (or scalar) ``c`` into the Conv's
     bias, as onnxruntime does before fusing (CNTK and Caffe2 exports write biases this way)."""
-    found = list(_conv_then_constant(graph, "Add"))
+    found, names = list(_conv_then_constant(graph, "Add")), FreshNames.of(graph)
     for node, add, weight, value in found:
         has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
         old = constant_value(node.inputs[2]) if has_bias else np.zeros(len(value), weight.dtype)
-        bias = gs.Constant(f"{node.name}_bias_folded", (old + value).astype(weight.dtype))
+        bias = gs.Constant(names.fresh(f"{node.name}_bias_folded"), (old + value).astype(weight.dtype))
         if len(node.inputs) > 2:
             node.inputs[2] = bias
         else:

@@ -7,14 +7,16 @@ folded weights are rounded back to their dtype, so the pass is exact up to that 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import FreshNames, constant_value, default_opset
+from onnxopt.errors import PreconditionError
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
+from onnxopt.settings_check import require_known
 from passes._canonical_util import all_graphs, node_label, owns
 
 logger = logging.getLogger(__name__)
@@ -92,10 +94,13 @@ def _fold_into(producer: gs.Node, a: np.ndarray, b: np.ndarray) -> tuple[np.ndar
     return w, beta * bias * a + b
 
 
-def _fold_batchnorm(bn: gs.Node, g: gs.Graph, opset: int, names: FreshNames) -> None:
+def _fold_batchnorm(bn: gs.Node, g: gs.Graph, opset: int, names: FreshNames, limit: float | None) -> None:
     a, b = _bn_affine(bn, opset)
     producer = _producer(bn, g)
     weight, bias = _fold_into(producer, a, b)
+    peak = max(float(np.max(np.abs(weight), initial=0.0)), float(np.max(np.abs(bias), initial=0.0)))
+    if limit is not None and not peak <= limit:
+        raise _CannotFold(f"the folded weights would reach {peak:.3g}, above max_abs_weight={limit:g}")
     dtype = _const(producer.inputs[1], "weight").dtype
     base = producer.name or producer.outputs[0].name
     new_w = gs.Constant(names.fresh(f"{base}_bnfold_W"), weight.astype(dtype))
@@ -120,6 +125,19 @@ class FoldBatchNorm(Pass):
     summary: ClassVar[str] = "Fold inference BatchNormalization into the preceding Conv, ConvTranspose or Gemm."
     tolerance: ClassVar[Tolerance] = Tolerance(rtol=1e-4, atol=1e-5)
 
+    max_abs_weight: float | None = field(default=None, metadata={
+        "help": "leave a BatchNormalization unfolded when the folded weight or bias would exceed this "
+                "magnitude (65504: what float16 can hold; none: no limit)"})
+    exclude_nodes: tuple[str, ...] = field(default=(), metadata={
+        "help": "BatchNormalization node names to leave unfolded (comma-separated)"})
+
+    def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
+        if self.max_abs_weight is not None and not self.max_abs_weight > 0:
+            raise PreconditionError(f"{self.name}: max_abs_weight must be > 0, got {self.max_abs_weight:g}")
+        require_known(self.name, "exclude_nodes", self.exclude_nodes,
+                      [n.name for g in all_graphs(graph) for n in g.nodes if n.op == "BatchNormalization" and n.name],
+                      "BatchNormalization nodes")
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         report = PassReport(self.name)
         opset, names = default_opset(graph), FreshNames.of(graph)
@@ -127,9 +145,12 @@ class FoldBatchNorm(Pass):
         for g in all_graphs(graph):
             for bn in [n for n in g.nodes if n.op == "BatchNormalization"]:
                 label = node_label(bn)
+                if bn.name and bn.name in self.exclude_nodes:
+                    report.skip(label, "excluded by exclude_nodes")
+                    continue
                 producer_op = bn.inputs[0].inputs[0].op if len(bn.inputs[0].inputs) == 1 else None
                 try:
-                    _fold_batchnorm(bn, g, opset, names)
+                    _fold_batchnorm(bn, g, opset, names, self.max_abs_weight)
                 except _CannotFold as exc:
                     report.skip(label, str(exc))
                     continue

@@ -546,3 +546,28 @@ def test_every_pass_is_idempotent_and_keeps_outputs(pass_cls: type, rng: np.rand
     assert first.modified and second.changes == 0
     assert op_counts(twice) == op_counts(once)
     assert_same(model, once, feeds, tol.rtol, tol.atol)
+
+
+@pytest.mark.parametrize(("settings", "reason"), [({"max_abs_weight": 1e-3}, "above max_abs_weight=0.001"),
+                                                  ({"exclude_nodes": ("bn",)}, "excluded by exclude_nodes")])
+def test_batchnorm_left_unfolded_by_a_limit_or_by_name(settings: dict, reason: str, rng: np.random.Generator) -> None:
+    inits = {"W": rng.normal(size=(8, 4, 3, 3)).astype(np.float32), **bn_params(rng, 8)}
+    bn = bn_node("c", "y")
+    bn.name = "bn"
+    model = make_model([helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), bn],
+                       [tensor("x", ["N", 4, 6, 6])], [tensor("y", ["N", 8, 6, 6])], inits)
+
+    optimized, report = apply_pass(FoldBatchNorm(**settings), model)
+
+    assert op_counts(optimized) == {"Conv": 1, "BatchNormalization": 1} and report.changes == 0
+    assert any(s.target == "bn" and reason in s.reason for s in report.skipped)
+
+
+def test_batchnorm_exclusion_of_an_unknown_node_is_refused(rng: np.random.Generator) -> None:
+    from onnxopt.errors import PreconditionError
+
+    inits = {"W": rng.normal(size=(8, 4, 3, 3)).astype(np.float32), **bn_params(rng, 8)}
+    model = make_model([helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), bn_node("c", "y")],
+                       [tensor("x", ["N", 4, 6, 6])], [tensor("y", ["N", 8, 6, 6])], inits)
+    with pytest.raises(PreconditionError, match="exclude_nodes"):
+        apply_pass(FoldBatchNorm(exclude_nodes=("no_such_bn",)), model)

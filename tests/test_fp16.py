@@ -642,3 +642,51 @@ def test_batchnorm_is_folded_first_so_onnxruntime_keeps_conv_bn_fused(fold: bool
     conv = next(n for n in result.graph.node if n.op_type == "Conv")
     assert elem_types(result.graph)[conv.input[1]] == TensorProto.FLOAT16
     assert_close(model, result, feeds)
+
+
+def _conv_bn(gamma: float = 1.0, w_scale: float = 1.0) -> onnx.ModelProto:
+    channels = 3
+    return build("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float[N,2,6,6] x) => (float[N,3,6,6] y) {
+            c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+            [bn] y = BatchNormalization (c, scale, bias, mean, var)
+        }""", w=(RNG.standard_normal((channels, 2, 3, 3)) * w_scale).astype(np.float32),
+        b=np.zeros(channels, np.float32), scale=np.full(channels, gamma, np.float32),
+        bias=np.zeros(channels, np.float32), mean=np.zeros(channels, np.float32), var=np.full(channels, 1e-4, np.float32))
+
+
+@pytest.mark.parametrize(("model", "settings", "reason"), [
+    (lambda: _conv_bn(gamma=2000.0), {}, "above max_abs_weight=65504"),  # folded weights ~2e5: past float16
+    (_conv_bn, {"node_block_list": ("bn",)}, "node_block_list"),
+    (_conv_bn, {"op_block_list": ("BatchNormalization",)}, "op_block_list"),
+])
+def test_batchnorm_stays_when_folding_would_overflow_or_it_is_blocked(model, settings: dict, reason: str) -> None:
+    # setup
+    original = model()
+    feeds = {"x": RNG.standard_normal((2, 2, 6, 6)).astype(np.float32)}
+    # execute
+    result, report = apply_pass(Fp16(**settings), original, None)
+    # assert: the BatchNormalization is still there, with the reason in the report, and the outputs are close
+    assert op_counts(result)["BatchNormalization"] == 1
+    assert any(s.target == "bn" and reason in s.reason for s in report.skipped)
+    before, after = run_model(original, feeds)[0], run_model(result, feeds)[0]
+    assert np.abs(after - before).max() <= 2e-2 * np.abs(before).max()
+
+
+def test_float16_model_with_batchnorm_is_left_alone() -> None:
+    # setup: float16 everywhere, inputs, outputs and statistics included
+    half = {k: v.astype(np.float16) for k, v in {
+        "w": RNG.standard_normal((3, 2, 3, 3)), "b": np.zeros(3), "scale": np.ones(3), "bias": np.zeros(3),
+        "mean": np.zeros(3), "var": np.ones(3)}.items()}
+    model = build("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float16[N,2,6,6] x) => (float16[N,3,6,6] y) {
+            c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+            [bn] y = BatchNormalization (c, scale, bias, mean, var)
+        }""", **half)
+    # execute
+    result, report = apply_pass(Fp16(), model, None)
+    # assert: nothing to convert, so nothing is folded either
+    assert not report.modified and "BatchNormalization" in op_counts(result)
+    assert any("nothing to convert" in n for n in report.notes)

@@ -758,3 +758,18 @@ def test_scale_folds_into_one_of_two_convs_sharing_a_weight(rng: np.random.Gener
     assert report.details["prepared"]["conv_mul_to_weight"] == 1 and "Mul" not in op_counts(out)
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.03 * np.linalg.norm(a)
+
+
+def test_folded_constants_never_take_an_existing_name(rng: np.random.Generator) -> None:
+    # setup: another Conv's weight already has the name the scale fold would give conv's weight
+    nodes = [helper.make_node("Conv", ["x", "conv_weight_scaled"], ["c0"], name="conv0", kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["c0", "w"], ["c1"], name="conv", kernel_shape=[1, 1]),
+             helper.make_node("Mul", ["c1", "s"], ["y"], name="scale")]
+    model = _model(nodes, {"conv_weight_scaled": rng.standard_normal((3, 3, 1, 1)), "w": rng.standard_normal((3, 3, 1, 1)),
+                           "s": rng.uniform(0.5, 2, (1, 3, 1, 1))}, ["N", 3, 4, 4], ["N", 3, 4, 4])
+    x = rng.standard_normal((8, 3, 4, 4)).astype(np.float32)
+    # execute
+    out, _ = apply_pass(Int8(), model, _ctx(model, x))
+    # assert
+    a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
+    assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)
