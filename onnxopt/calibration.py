@@ -90,17 +90,19 @@ def quantize_weight(weight: np.ndarray, axis: int | None, bound: int = 127,
     if not 1 <= bound <= 127:
         raise ValueError(f"weight bound must be in 1..127, got {bound}")
     w = np.asarray(weight, np.float32)
-    if axis is None:
-        peak = np.asarray(np.max(np.abs(w)) if w.size else 0.0, np.float32)
+    others = None if axis is None else tuple(i for i in range(w.ndim) if i != axis)
+    if w.size:  # max |w| as max(max w, -min w): no |w| copy of a large weight
+        peak = np.maximum(np.max(w, axis=others), -np.min(w, axis=others)).astype(np.float32)
     else:
-        others = tuple(i for i in range(w.ndim) if i != axis)
-        peak = np.max(np.abs(w), axis=others) if w.size else np.zeros(w.shape[axis], np.float32)
+        peak = np.zeros(() if axis is None else w.shape[axis], np.float32)
     scale = np.where(peak > 0, peak / np.float32(bound), np.float32(1.0)).astype(np.float32)
     if floor is not None:
         scale = np.asarray(np.maximum(scale, np.asarray(floor, np.float32)), np.float32)
-    shaped_scale = scale if axis is None else np.expand_dims(scale, tuple(i for i in range(w.ndim) if i != axis))
-    q = np.clip(np.rint(w / shaped_scale), -bound, bound).astype(np.int8)
-    return q, scale
+    shaped_scale = scale if others is None else np.expand_dims(scale, others)
+    q = np.divide(w, shaped_scale)  # one float temporary, rounded and clipped in place
+    np.rint(q, out=q)
+    np.clip(q, -bound, bound, out=q)
+    return q.astype(np.int8), scale
 
 
 # -- observers -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ are written with external data automatically.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -67,10 +68,18 @@ def _validate_loaded(model: onnx.ModelProto, what: str) -> None:
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held by the model's initializers (a cheap upper-bound check for the 2 GB limit)."""
+    """Bytes held in the proto by the model's initializers (for the 2 GB limit), from their shapes and
+    types: reading ``raw_data`` would copy it (0.1 s for a 220 MB weight). External data counts 0."""
     total = 0
     for init in model.graph.initializer:
-        total += len(init.raw_data) if init.HasField("raw_data") else init.ByteSize()
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        except (KeyError, ValueError, TypeError):  # an undefined or exotic type: measure it
+            itemsize = 0
+        total += math.prod(init.dims) * itemsize if itemsize and init.data_type != onnx.TensorProto.STRING \
+            else init.ByteSize()
     return total
 
 

@@ -54,8 +54,11 @@ def make_session(
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    if optimized_model_path is not None:
+    if optimized_model_path is not None:  # for its graph: initializers go to a side file, unread by onnx.load
         options.optimized_model_filepath = optimized_model_path
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         Path(optimized_model_path).name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     options.log_severity_level = 4  # fatal only: failures surface as our one-line errors, not as raw logs
     available = set(ort.get_available_providers())
     missing = [p for p in providers if p not in available]

@@ -141,3 +141,19 @@ def test_missing_external_data_is_a_clear_error(tmp_path: Path) -> None:
     os.remove(tmp_path / "ext.data")
     with pytest.raises(ModelLoadError, match="ext"):
         load_model(path)
+
+
+def test_tensor_bytes_counts_initializers_from_shape_and_type() -> None:
+    from onnx import numpy_helper
+
+    from onnxopt.model_io import tensor_bytes
+
+    inits = [numpy_helper.from_array(np.zeros((1000, 1000), np.float32), "w"),
+             numpy_helper.from_array(np.zeros(10, np.int64), "i"),
+             numpy_helper.from_array(np.zeros((10, 10), np.float16), "h"),
+             onnx.helper.make_tensor("s", onnx.TensorProto.STRING, [2], [b"ab", b"cde"])]
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], inits))
+    assert tensor_bytes(model) == 4_000_000 + 80 + 200 + inits[3].ByteSize()
+    # external data lives outside the proto: it does not count
+    model.graph.initializer[0].data_location = onnx.TensorProto.EXTERNAL
+    assert tensor_bytes(model) == 80 + 200 + inits[3].ByteSize()
