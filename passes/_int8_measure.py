@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.calibration import Observer, QParams, make_observer
 from onnxopt.data import Batch, DataSource
 from onnxopt.graph import export, import_graph
-from onnxopt.runtime import iter_activations, make_session
+from onnxopt.runtime import iter_activations, make_session, serialized_with_outputs
 from passes._int8_emit import Emitter, weight_floors
 from passes._int8_plan import COMPUTE_OPS, Plan
 from onnxopt.ops import INTEGER_OPS
@@ -170,11 +170,12 @@ def layer_errors(float_model: onnx.ModelProto, plan: Plan, params: Mapping[str, 
 def fusion_report(model: onnx.ModelProto, plan: Plan, providers: Sequence[str], probe: Batch) -> dict[str, Any]:
     """The ops of onnxruntime's optimized graph (integer kernels it fused, layers left in float), and
     how far its outputs on ``probe`` are from the Q/DQ reference (optimizations off)."""
+    image = serialized_with_outputs(model, ())  # serialized once for both sessions
     with tempfile.TemporaryDirectory(prefix="onnxopt-int8-") as tmp:
         path = Path(tmp) / "optimized.onnx"
-        fused = make_session(model, providers=providers, threads=1, optimize=True, optimized_model_path=str(path))
+        fused = make_session(image, providers=providers, threads=1, optimize=True, optimized_model_path=str(path))
         optimized = onnx.load(str(path), load_external_data=False)
-    reference = make_session(model, providers=providers, threads=1)
+    reference = make_session(image, providers=providers, threads=1)
     deviation = 0.0
     for a, b in zip(fused.run(None, probe.inputs), reference.run(None, probe.inputs)):
         deviation = max(deviation, float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), 1e-12))
