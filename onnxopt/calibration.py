@@ -328,7 +328,7 @@ class EntropyObserver(HistogramObserver):
     The range never clips more than ``100 - guard_percentile`` % of the values (per side when
     asymmetric): on a calibration set of a few hundred samples the KL optimum can cut a long but
     real tail to a fifth of the observed range (a ResNet's first Relu: 3.26 -> 0.73), which cost
-    2-3 points of top-1 agreement on the bundled models and the face detector; the guard keeps
+    2-3 points of top-1 agreement on resnet_fmnist and the face detector; the guard keeps
     the KL choice wherever it clips little."""
 
     method = "entropy"

@@ -52,6 +52,12 @@ class CpuInfo:
         return _arch_family(self.arch)
 
     @property
+    def u8s8_saturates(self) -> bool:
+        """Whether onnxruntime's U8S8 kernels may add products pairwise in saturating int16 here
+        (x86 without VNNI/AMX, or unknown): full-range int8 weights can then overflow."""
+        return self.family == "x86" and self.int8_dot is not True
+
+    @property
     def int8_dot_text(self) -> str:
         """``unknown``, ``no`` or the flags found, for reports."""
         if self.int8_dot is None:

@@ -213,14 +213,14 @@ class Int8(Pass):
         if provider != "CPUExecutionProvider":
             return False, provider
         cpu = cpu_info()
-        reduce = cpu.family == "x86" and cpu.int8_dot is not True
+        reduce = cpu.u8s8_saturates
         return reduce, f"{cpu.model_name} ({cpu.arch}; int8 dot-product: {cpu.int8_dot_text})"
 
     def _deviation_hint(self, ctx: PassContext, layers: int) -> str:
         """The likely cause when the fused kernels differ from the Q/DQ reference."""
         cpu = cpu_info()
         on_cpu = not ctx.providers or ctx.providers[0] == "CPUExecutionProvider"
-        if on_cpu and not self._reduce and cpu.family == "x86" and cpu.int8_dot is not True:
+        if on_cpu and not self._reduce and cpu.u8s8_saturates:
             return "int16 saturation of this CPU's U8S8 kernels? reduce_range=true avoids it"
         return (f"the fused kernels requantize each of the {layers} layer(s) with their own rounding, the "
                 "reference computes in float between Q/DQ pairs; judge the model by its measured accuracy")
