@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import platform
@@ -10,10 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
 SHARED_MODELS = ROOT.parent / "shared" / "models"
 WORK = ROOT / "bench" / "_work"  # scratch space (git-ignored)
+MODELS = ROOT / "models"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # the bundled models' normalisation (models/README.md)
 
 HEADER = """# Benchmarks
 
@@ -51,6 +57,37 @@ def write_section(name: str, command: str, body: str) -> None:
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS_MD.write_text(text)
+
+
+def bundled_eval(name: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """A bundled model's evaluation set as (inputs, labels, description).
+
+    For the Fashion-MNIST models this is the whole 10k test split minus the model's calibration
+    samples when the Debian package is installed (9,744 samples instead of the bundled 1,000: a
+    difference of a few tenths of a point between two int8 models is then more than sampling noise);
+    otherwise, and for the other models, the bundled ``<name>.eval.npz``."""
+    with np.load(MODELS / f"{name}.eval.npz") as npz:
+        x, labels = npz["input"], npz["label"]
+    bundled = (x, labels, f"{name}.eval.npz ({len(x)} samples)")
+    images = FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"
+    if "fmnist" not in name or not images.is_file():
+        return bundled
+    with gzip.open(images) as f:
+        pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    with gzip.open(FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
+        test_labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    test = ((pixels.astype(np.float32) / 255 - np.float32(FASHION_MNIST_MEAN))
+            / np.float32(FASHION_MNIST_STD)).astype(np.float32)
+    with np.load(MODELS / f"{name}.calib.npz") as npz:
+        calibration = {row.tobytes() for row in npz["input"]}
+    held_out = np.array([row.tobytes() not in calibration for row in test])
+    if len(test) - held_out.sum() != len(calibration):  # a different preprocessing: not the same images
+        logging.warning("%s: Fashion-MNIST test split does not contain its calibration set; using %s",
+                        name, bundled[2])
+        return bundled
+    return (test[held_out], test_labels[held_out],
+            f"Fashion-MNIST test split minus its calib.npz ({int(held_out.sum())} samples; Debian "
+            "dataset-fashion-mnist)")
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:

@@ -33,14 +33,13 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, SHARED_MODELS, WORK, markdown_table, setup_logging, write_section  # noqa: E402
+from bench._common import (FASHION_MNIST_DIR, MODELS, ROOT, SHARED_MODELS, WORK, bundled_eval,  # noqa: E402
+                           markdown_table, setup_logging, write_section)
 from onnxopt.hardware import cpu_info  # noqa: E402
 from onnxopt.latency import paired_latency  # noqa: E402
 from onnxopt.runtime import make_session  # noqa: E402
 
 OUT = WORK / "int8"
-MODELS = ROOT / "models"
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 BUNDLED = ("resnet_fmnist", "vgg_digits", "mlp_fmnist")
 LIGHT = (("light_squeezenet", 4), ("light_shufflenet", 2), ("light_inception_v1", 4), ("light_densenet121", 8),
          ("light_resnet50", 12), ("light_bvlc_alexnet", 12))  # (name, latency cost: fewer paired runs)
@@ -117,7 +116,7 @@ def _digits_28() -> tuple[np.ndarray, np.ndarray | None, str]:
     except ImportError:
         path = MODELS / "vgg_digits.eval.npz"
         if not path.exists():
-            with gzip.open(FASHION_MNIST, "rb") as f:
+            with gzip.open(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz", "rb") as f:
                 raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:1000]
             return (raw.astype(np.float32)[:, None], None,
                     "Fashion-MNIST test images (1000; no digit data installed: agreement only)")
@@ -158,10 +157,12 @@ def prepare_cases(subset: list[str]) -> list[Case]:
     cases = []
     for name in BUNDLED:
         if wanted(name) and (MODELS / f"{name}.onnx").exists():
-            with np.load(MODELS / f"{name}.calib.npz") as c, np.load(MODELS / f"{name}.eval.npz") as e:
-                note = f"its calib.npz ({len(c['input'])}) / eval.npz ({len(e['input'])})"
+            x, labels, evaluation = bundled_eval(name)
+            with np.load(MODELS / f"{name}.calib.npz") as c:
+                note = f"calibrate on its calib.npz ({len(c['input'])}), evaluate on {evaluation}"
             cases.append(Case(name, f"{name} (bundled)", MODELS / f"{name}.onnx", MODELS / f"{name}.calib.npz",
-                              MODELS / f"{name}.eval.npz", "input", 8, True, "top1", 1, note, bundled=True))
+                              _save(OUT / name / "eval.npz", input=x, label=labels), "input", 8, True, "top1", 1,
+                              note, bundled=True))
     if wanted("mnist"):
         x, y, note = _digits_28()
         d = OUT / "mnist"

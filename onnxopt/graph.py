@@ -7,9 +7,10 @@ user's model had apart from what the passes changed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -79,23 +80,56 @@ def nbytes(tensor: gs.Tensor) -> int | None:
     return math.prod(tensor.shape) * itemsize
 
 
+def constant_bytes(graph: gs.Graph) -> int:
+    """Bytes held by the constants of ``graph`` (main graph), from their shapes and types where the
+    type is a numpy one (no lazy values loaded)."""
+    total = 0
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            size = nbytes(tensor)
+            total += size if size is not None else int(np.asarray(tensor.values).nbytes)
+    return total
+
+
 #: constants above this size enter a shape-inference probe as typed graph inputs, so inference
 #: neither serializes the weights (slow on large models) nor meets protobuf's 2 GiB limit
 PROBE_CONSTANT_BYTES = 4096
 
 
+@contextlib.contextmanager
+def weights_detached(graph: gs.Graph) -> Iterator[dict[str, gs.Constant]]:
+    """For the ``with`` block, every numeric constant of ``graph`` larger than ``PROBE_CONSTANT_BYTES``
+    (not a graph output) is replaced, in place, by a graph input of the same name, type and shape;
+    yields those constants by name and puts them back afterwards, also after an error. The graph then
+    exports without its weights, which is cheaper than copying it; small constants (shapes, axes,
+    indices) stay in it."""
+    outputs = {id(t) for t in graph.outputs}
+    detached: list[tuple[gs.Constant, gs.Variable, list[tuple[gs.Node, int]]]] = []
+    inputs = list(graph.inputs)
+    try:
+        for tensor in list(graph.tensors().values()):
+            if isinstance(tensor, gs.Constant) and (nbytes(tensor) or 0) > PROBE_CONSTANT_BYTES \
+                    and np.dtype(tensor.dtype).kind in "biuf" and id(tensor) not in outputs:
+                stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
+                uses = [(node, i) for node in list(tensor.outputs) for i, t in enumerate(node.inputs) if t is tensor]
+                detached.append((tensor, stand_in, uses))
+                for node, i in uses:
+                    node.inputs[i] = stand_in
+                graph.inputs.append(stand_in)
+        yield {tensor.name: tensor for tensor, _, _ in detached}
+    finally:
+        for tensor, _, uses in reversed(detached):
+            for node, i in uses:
+                node.inputs[i] = tensor
+        graph.inputs = inputs
+
+
 def inference_probe(graph: gs.Graph) -> onnx.ModelProto:
-    """``graph`` exported for onnx shape inference without its weights: every constant larger than
-    ``PROBE_CONSTANT_BYTES`` (not a graph output) becomes a graph input of the same type and shape.
-    Inference only needs the values of small constants (shapes, axes, indices)."""
-    probe = copy_graph(graph)
-    for tensor in list(probe.tensors().values()):
-        if isinstance(tensor, gs.Constant) and (nbytes(tensor) or 0) > PROBE_CONSTANT_BYTES \
-                and tensor not in probe.outputs:
-            stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
-            rewire(tensor, stand_in)
-            probe.inputs.append(stand_in)
-    model = gs.export_onnx(probe, do_type_check=False)
+    """``graph`` exported for onnx shape inference without its weights (see ``weights_detached``):
+    inference neither serializes the weights (slow on large models) nor meets protobuf's 2 GiB limit,
+    and it only needs the values of small constants."""
+    with weights_detached(graph):
+        model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = max(model.ir_version, 4)  # IR 3 ignores initializers that are not inputs
     return model
 

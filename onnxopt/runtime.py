@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import subgraph_protos
+from onnxopt.graph import constant_bytes, subgraph_protos, weights_detached
 from onnxopt.model_io import EXTERNAL_DATA_THRESHOLD, tensor_bytes
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ NCHWC_MAX_WEIGHT_BYTES = 64 << 20
 
 
 def make_session(
-    model: onnx.ModelProto | bytes | str | os.PathLike[str],
+    model: gs.Graph | onnx.ModelProto | bytes | str | os.PathLike[str],
     *,
     providers: Sequence[str] = DEFAULT_PROVIDERS,
     threads: int | None = None,
@@ -40,12 +41,15 @@ def make_session(
     outputs: Sequence[str] = (),
     disabled_optimizers: Sequence[str] = (),
 ) -> ort.InferenceSession:
-    """An onnxruntime session of a ``ModelProto``, a serialized model or a file. ``optimize=False``
-    disables all graph optimizations (for exact comparisons); ``threads`` sets intra-op threads
-    (``None``: onnxruntime's default); ``outputs`` names intermediate tensors to expose as extra
-    (untyped) outputs of a ``ModelProto``: they are appended for the session's creation and removed
-    again, so a large model is not copied; ``disabled_optimizers`` names onnxruntime graph
-    transformers to skip (with ``optimize``)."""
+    """An onnxruntime session of a working graph, a ``ModelProto``, a serialized model or a file.
+    ``optimize=False`` disables all graph optimizations (for exact comparisons); ``threads`` sets
+    intra-op threads (``None``: onnxruntime's default); ``outputs`` names intermediate tensors to
+    expose as extra (untyped) outputs of a graph or ``ModelProto``: they are appended for the
+    session's creation and removed again, so a large model is not copied; ``disabled_optimizers``
+    names onnxruntime graph transformers to skip (with ``optimize``).
+
+    A graph's weights are not serialized: onnxruntime reads them from the graph's own arrays (see
+    ``_graph_session``), which saves an export, a serialization and a parse of every weight."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -66,10 +70,12 @@ def make_session(
         raise OnnxoptError(
             f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
             f"(available: {', '.join(sorted(available))})")
-    if outputs and not isinstance(model, onnx.ModelProto):
-        raise TypeError("make_session: extra outputs need a ModelProto, not a path or bytes")
+    if outputs and isinstance(model, (bytes, str, os.PathLike)):
+        raise TypeError("make_session: extra outputs need a graph or ModelProto, not a path or bytes")
     extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     try:
+        if not isinstance(model, (onnx.ModelProto, bytes, str, os.PathLike)):
+            return _graph_session(model, outputs, options, list(providers), extra)
         if isinstance(model, onnx.ModelProto):
             with _outputs_added(model, outputs):
                 if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
@@ -84,14 +90,42 @@ def make_session(
         raise OnnxoptError(f"onnxruntime cannot load the model: {first}") from exc
 
 
-def serialized_with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto | bytes:
-    """``model`` serialized with ``names`` as extra outputs, so that the caller can let the proto go
-    before onnxruntime parses the bytes: a large model is then held twice at the peak, not three
-    times. A model too large for one protobuf message comes back as it is."""
-    if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
-        return model
-    with _outputs_added(model, names):
-        return model.SerializeToString()
+#: where a weight handed to onnxruntime from memory claims to live (onnxruntime never opens it)
+IN_MEMORY_LOCATION = "onnxopt-in-memory"
+
+
+def _graph_session(graph: gs.Graph, outputs: Sequence[str], options: ort.SessionOptions, providers: list[str],
+                   extra: dict[str, Any]) -> ort.InferenceSession:
+    """A session of ``graph`` exported without its weights: each detached weight is an initializer
+    declared as external data whose bytes onnxruntime takes from the graph's own array
+    (``add_external_initializers``, no copy). The model has no size limit then, and the session
+    keeps the arrays alive."""
+    import onnxruntime as ort
+
+    with weights_detached(graph) as weights:
+        model = gs.export_onnx(graph, do_type_check=False)
+        arrays = [np.ascontiguousarray(tensor.values) for tensor in weights.values()]
+    model.ir_version = max(model.ir_version, 4)
+    declared = []
+    for value_info in model.graph.input:
+        if value_info.name not in weights:
+            declared.append(value_info)
+            continue
+        tensor_type = value_info.type.tensor_type
+        initializer = model.graph.initializer.add(
+            name=value_info.name, data_type=tensor_type.elem_type, dims=[d.dim_value for d in tensor_type.shape.dim],
+            data_location=onnx.TensorProto.EXTERNAL)
+        initializer.external_data.add(key="location", value=IN_MEMORY_LOCATION)
+    del model.graph.input[:]
+    model.graph.input.extend(declared)
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+    if weights:
+        options.add_external_initializers(list(weights), values)
+    with _outputs_added(model, outputs):
+        image = model.SerializeToString()
+    session = ort.InferenceSession(image, options, providers=providers, **extra)
+    session._onnxopt_weights = values  # the session reads these arrays' memory: keep them with it
+    return session
 
 
 @contextlib.contextmanager
@@ -149,7 +183,7 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 
 def iter_activations(
-    model: onnx.ModelProto | bytes,
+    model: gs.Graph | onnx.ModelProto,
     names: Sequence[str],
     data: DataSource,
     *,
@@ -160,18 +194,18 @@ def iter_activations(
     description: str = "calibrating",
     optimize: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield, batch by batch, the values of the tensors ``names`` on ``data`` (``model``: a proto, or
-    bytes from ``serialized_with_outputs`` that already list them as outputs). ``optimize`` turns
-    onnxruntime's graph optimizations on: the requested tensors stay (they are graph outputs) and
-    their values may differ by float rounding. Models with over ``NCHWC_MAX_WEIGHT_BYTES`` of
-    weights skip the NCHWc layout transform, which holds a reordered copy of every Conv weight.
+    """Yield, batch by batch, the values of the tensors ``names`` of a graph or proto on ``data``.
+    ``optimize`` turns onnxruntime's graph optimizations on: the requested tensors stay (they are
+    graph outputs) and their values may differ by float rounding. Models with over
+    ``NCHWC_MAX_WEIGHT_BYTES`` of weights skip the NCHWc layout transform, which holds a reordered
+    copy of every Conv weight.
 
     Memory does not grow with the number of samples: nothing is kept between batches.
     """
-    size = len(model) if isinstance(model, bytes) else tensor_bytes(model)
+    size = tensor_bytes(model) if isinstance(model, onnx.ModelProto) else constant_bytes(model)
     skip = ("NchwcTransformer",) if optimize and size > NCHWC_MAX_WEIGHT_BYTES else ()
     session = make_session(model, providers=providers, threads=threads, optimize=optimize, disabled_optimizers=skip,
-                           outputs=() if isinstance(model, bytes) else names)
+                           outputs=names)
     wanted = list(dict.fromkeys(names))
     for batch in data.batches(batch_size, progress=progress, description=description):
         values = session.run(wanted, batch.inputs)

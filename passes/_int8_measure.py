@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.calibration import Observer, QParams, make_observer
 from onnxopt.data import Batch, DataSource
 from onnxopt.graph import export, import_graph
-from onnxopt.runtime import iter_activations, make_session, serialized_with_outputs
+from onnxopt.runtime import iter_activations, make_session
 from passes._int8_emit import Emitter, weight_floors
 from passes._int8_plan import COMPUTE_OPS, Plan
 from onnxopt.ops import INTEGER_OPS
@@ -87,7 +87,7 @@ class RunOptions:
     progress: bool
 
 
-def calibrate(model: onnx.ModelProto | bytes, names: Sequence[str], data: Limited, method: str,
+def calibrate(model: gs.Graph | onnx.ModelProto, names: Sequence[str], data: Limited, method: str,
               options: Mapping[str, float | int], run: RunOptions) -> dict[str, Observer]:
     """One streaming pass over the data (``data.seen`` then holds the samples seen), with onnxruntime's
     graph optimizations on, as in its own calibrators: ranges move by float rounding only, and the
@@ -167,15 +167,14 @@ def layer_errors(float_model: onnx.ModelProto, plan: Plan, params: Mapping[str, 
     return {layer: err[layer] / ref[layer] if ref[layer] > 0 else 0.0 for layer in pairs}
 
 
-def fusion_report(model: onnx.ModelProto, plan: Plan, providers: Sequence[str], probe: Batch) -> dict[str, Any]:
+def fusion_report(graph: gs.Graph, plan: Plan, providers: Sequence[str], probe: Batch) -> dict[str, Any]:
     """The ops of onnxruntime's optimized graph (integer kernels it fused, layers left in float), and
     how far its outputs on ``probe`` are from the Q/DQ reference (optimizations off)."""
-    image = serialized_with_outputs(model, ())  # serialized once for both sessions
     with tempfile.TemporaryDirectory(prefix="onnxopt-int8-") as tmp:
         path = Path(tmp) / "optimized.onnx"
-        fused = make_session(image, providers=providers, threads=1, optimize=True, optimized_model_path=str(path))
+        fused = make_session(graph, providers=providers, threads=1, optimize=True, optimized_model_path=str(path))
         optimized = onnx.load(str(path), load_external_data=False)
-    reference = make_session(image, providers=providers, threads=1)
+    reference = make_session(graph, providers=providers, threads=1)
     deviation = 0.0
     for a, b in zip(fused.run(None, probe.inputs), reference.run(None, probe.inputs)):
         deviation = max(deviation, float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), 1e-12))

@@ -40,7 +40,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import default_opset, export, subgraphs
+from onnxopt.graph import constant_bytes, default_opset, export, subgraphs
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import require_known
 from passes import _binary_hwgq as hwgq
@@ -126,7 +126,7 @@ class BinaryWeights(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         report = PassReport(self.name)
         graph.toposort()
-        bytes_before = _constant_bytes(graph)
+        bytes_before = constant_bytes(graph)
         layers = select_layers(graph, op_types=self.op_types, keep_first=self.keep_first, keep_last=self.keep_last,
                                exclude_nodes=self.exclude_nodes, min_weights=self.min_weights, report=report,
                                min_channel_weights=self.min_channel_weights)
@@ -140,7 +140,7 @@ class BinaryWeights(Pass):
         self._refit(graph, layers, planes, formats, float_model, ctx, report)
         added = self._write(graph, layers, planes, formats, report)
         report.changes += len(layers)
-        bytes_after = _constant_bytes(graph)
+        bytes_after = constant_bytes(graph)
         report.details.update(bits=self.bits, bit_order=BIT_ORDER, packed=self.pack,
                               model_bytes_before=bytes_before, model_bytes_after=bytes_after,
                               model_compression=round(bytes_before / bytes_after, 3) if bytes_after else 1.0)
@@ -197,11 +197,3 @@ class BinaryWeights(Pass):
         builder.finish()
         report.details["layers"] = rows
         return builder.node_names
-
-
-def _constant_bytes(graph: gs.Graph) -> int:
-    seen: dict[str, int] = {}
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant):
-            seen[tensor.name] = int(np.asarray(tensor.values).nbytes)
-    return sum(seen.values())

@@ -29,7 +29,6 @@ from onnxopt.errors import PreconditionError
 from onnxopt.graph import copy_graph, default_opset, export, import_graph, replace_contents
 from onnxopt.hardware import cpu_info
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
-from onnxopt.runtime import serialized_with_outputs
 from passes._int8_emit import EmitResult, apply_plan
 from passes._int8_measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
                                   measure_budget)
@@ -144,14 +143,12 @@ class Int8(Pass):
         data = Limited(ctx.calibration, self.calibration_samples)
         run = RunOptions(self.batch_size, tuple(ctx.providers), ctx.threads, ctx.progress)
         if self.max_drop is None:
-            # the exported float model is a temporary: only its bytes live while onnxruntime parses them
-            observers = calibrate(serialized_with_outputs(export(work), plan.observed), plan.observed, data,
-                                  self.method, self._observer_options(), run)
+            # onnxruntime reads the weights from the working graph's arrays: no exported copy
+            observers = calibrate(work, plan.observed, data, self.method, self._observer_options(), run)
             samples = data.seen
             params = self._params(observers, plan)
             emitted = apply_plan(work, plan, params, dedicated=self.symmetric)
             work.cleanup(remove_unused_graph_inputs=False)
-            model = export(work)
             replace_contents(graph, work)
         else:
             float_model = export(work)
@@ -164,7 +161,7 @@ class Int8(Pass):
             replace_contents(graph, import_graph(model))
         self._describe(report, plan, emitted, observers, params, samples, ctx.calibration)
         probe = next(iter(data.batches(self.batch_size)))
-        _note_fusion(report, fusion_report(model, plan, ctx.providers, probe), ctx.providers,
+        _note_fusion(report, fusion_report(graph, plan, ctx.providers, probe), ctx.providers,
                      self._deviation_hint(ctx, len(plan.layers)))
         return report
 

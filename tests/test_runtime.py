@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -75,14 +78,35 @@ def test_a_failed_external_data_save_leaves_the_model_intact(monkeypatch: pytest
     assert make_session(model).run(None, {"x": np.ones((1, 64), np.float32)})[0].shape == (1, 8)
 
 
-def test_serialized_with_outputs_gives_a_session_the_intermediate_tensors(rng: np.random.Generator) -> None:
-    # setup
+def test_a_graph_session_reads_the_weights_from_the_graph_arrays(rng: np.random.Generator) -> None:
+    # setup: w1 (64 KiB) and w2 (8 KiB) are over the detaching threshold (4 KiB)
     model = _two_layer_model(rng)
-    before = model.SerializeToString()
-    x = rng.standard_normal((2, 64)).astype(np.float32)
-    # execute: the bytes carry the extra outputs; the proto does not keep them
-    image = runtime.serialized_with_outputs(model, ["h", "r"])
-    h, r = make_session(image).run(["h", "r"], {"x": x})
-    # assert
-    assert isinstance(image, bytes) and model.SerializeToString() == before
-    np.testing.assert_array_equal(r, np.maximum(h, 0))
+    graph = gs.import_onnx(model)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    expected = make_session(model, outputs=["h"]).run(["h", "y"], {"x": x})
+    # execute: the graph's weights are handed over from memory, then the graph is dropped
+    session = make_session(graph, outputs=["h"])
+    del graph
+    gc.collect()
+    got = session.run(["h", "y"], {"x": x})
+    # assert: exactly the proto's results; the weights were not in the model onnxruntime parsed
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert {i.name for i in session.get_inputs()} == {"x"}
+    assert sorted(session._onnxopt_weights[i].numpy().shape for i in range(2)) == [(64, 256), (256, 8)]
+
+
+def test_a_graph_session_keeps_small_and_non_numeric_constants_in_the_model(rng: np.random.Generator) -> None:
+    # setup: a 16-byte shape constant must stay in the model (Reshape reads its value)
+    graph = gs.import_onnx(_two_layer_model(rng))
+    y = graph.outputs[0]
+    flat = gs.Variable("flat", dtype=np.float32)
+    graph.nodes.append(gs.Node("Reshape", "reshape", inputs=[y, gs.Constant("shape", np.array([-1, 4], np.int64))],
+                               outputs=[flat]))
+    graph.outputs = [flat]
+    # execute
+    session = make_session(graph)
+    out = session.run(None, {"x": np.ones((2, 64), np.float32)})[0]
+    # assert: only the two large weights went over as external initializers
+    assert out.shape == (4, 4)
+    assert len(session._onnxopt_weights) == 2
