@@ -39,7 +39,6 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import export
 from onnxopt.runtime import make_session
 
 logger = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ def decode_log(planes: Sequence[LogCodes], dtype: np.dtype) -> list[np.ndarray]:
     alpha = emit_scales(graph, "a", planes, [len(planes[0].codes)], dtype, set())
     alpha.dtype = np.dtype(dtype)
     graph.outputs = [alpha]
-    session = make_session(export(graph))
+    session = make_session(graph)
     (values,) = session.run([alpha.name], {})
     return list(values) if len(planes) > 1 else [values]
 

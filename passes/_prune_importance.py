@@ -19,7 +19,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
-from onnxopt.graph import export
 from onnxopt.runtime import iter_activations
 from passes._channel_groups import ChannelGraph, Group
 from passes._prune_consts import read, uniform
@@ -86,7 +85,7 @@ def activation_scores(cg: ChannelGraph, data: DataSource, *, threads: int | None
         return np.full(cg.num_ids, np.nan)
     sums = {name: np.zeros(len(cg.layouts[name].ids)) for name in names}
     count = 0
-    for values in iter_activations(export(cg.graph), names, data, threads=threads, description="scoring channels"):
+    for values in iter_activations(cg.graph, names, data, threads=threads, description="scoring channels"):
         for name in names:
             layout = cg.layouts[name]
             x = np.abs(np.moveaxis(values[name].astype(np.float64), layout.axis, -1))

@@ -35,7 +35,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 

@@ -157,7 +157,7 @@ class _Probe:
     def __init__(self, graph: gs.Graph, data: DataSource, threads: int | None) -> None:
         self.data, self.threads = data, threads
         self.outputs = [t.name for t in graph.outputs]
-        self.reference = list(iter_activations(export(graph), self.outputs, data, threads=threads,
+        self.reference = list(iter_activations(graph, self.outputs, data, threads=threads,
                                                description="sensitivity"))
 
     def change(self, graph: gs.Graph, block: Block, offset: np.ndarray | None) -> float:
@@ -165,7 +165,7 @@ class _Probe:
         remove(trial, _current(trial)[block.name], Names(trial), offset)
         trial.cleanup().toposort()
         total, count = 0.0, 0
-        for ref, got in zip(self.reference, iter_activations(export(trial), self.outputs, self.data,
+        for ref, got in zip(self.reference, iter_activations(trial, self.outputs, self.data,
                                                              threads=self.threads, description="sensitivity")):
             for name in self.outputs:
                 distance = _cosine_distance(ref[name], got[name])
