@@ -60,6 +60,8 @@ class Limited:
         self.synthetic = source.synthetic
         #: samples yielded by the last (or current) pass over the data
         self.seen = 0
+        #: the first batch of the last pass (a probe for the checks after calibration: no second read of the data)
+        self.first: Batch | None = None
 
     def batches(self, batch_size: int = 32, *, progress: bool = False, description: str = "") -> Iterator[Batch]:
         self.seen = 0
@@ -71,6 +73,8 @@ class Limited:
                     batch = Batch({k: v[:keep] for k, v in batch.inputs.items()},
                                   None if batch.labels is None else batch.labels[:keep])
                 if batch.size:
+                    if self.seen == 0:
+                        self.first = batch
                     self.seen += batch.size
                     yield batch
                 if self.limit is not None and self.seen >= self.limit:

@@ -160,8 +160,8 @@ class Int8(Pass):
             params = self._params(observers, plan)
             replace_contents(graph, import_graph(model))
         self._describe(report, plan, emitted, observers, params, samples, ctx.calibration)
-        probe = next(iter(data.batches(self.batch_size)))
-        _note_fusion(report, fusion_report(graph, plan, ctx.providers, probe), ctx.providers,
+        assert data.first is not None  # calibration read a batch: empty data sets are refused when opened
+        _note_fusion(report, fusion_report(graph, plan, ctx.providers, data.first), ctx.providers,
                      self._deviation_hint(ctx, len(plan.layers)))
         return report
 
