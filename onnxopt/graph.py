@@ -99,7 +99,7 @@ PROBE_CONSTANT_BYTES = 4096
 @contextlib.contextmanager
 def weights_detached(graph: gs.Graph) -> Iterator[dict[str, gs.Constant]]:
     """For the ``with`` block, every numeric constant of ``graph`` larger than ``PROBE_CONSTANT_BYTES``
-    (not a graph output) is replaced, in place, by a graph input of the same name, type and shape;
+    (not a graph output, exported in its own numpy type) is replaced, in place, by a graph input of the same name, type and shape;
     yields those constants by name and puts them back afterwards, also after an error. The graph then
     exports without its weights, which is cheaper than copying it; small constants (shapes, axes,
     indices) stay in it."""
@@ -109,7 +109,8 @@ def weights_detached(graph: gs.Graph) -> Iterator[dict[str, gs.Constant]]:
     try:
         for tensor in list(graph.tensors().values()):
             if isinstance(tensor, gs.Constant) and (nbytes(tensor) or 0) > PROBE_CONSTANT_BYTES \
-                    and np.dtype(tensor.dtype).kind in "biuf" and id(tensor) not in outputs:
+                    and np.dtype(tensor.dtype).kind in "biuf" and tensor.export_dtype == tensor.dtype \
+                    and id(tensor) not in outputs:
                 stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
                 uses = [(node, i) for node in list(tensor.outputs) for i, t in enumerate(node.inputs) if t is tensor]
                 detached.append((tensor, stand_in, uses))

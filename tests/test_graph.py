@@ -1,12 +1,15 @@
-"""Graph import/export: what a round trip keeps, and weights shared by subgraphs stored once."""
+"""Graph import/export: what a round trip keeps, weights shared by subgraphs stored once, and weights
+detached for a weightless export."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from conftest import parse, run_model
 
-from onnxopt.graph import export, import_graph, subgraph_protos
+from onnxopt.graph import export, import_graph, subgraph_protos, weights_detached
+from onnxopt.runtime import make_session
 
 # W is an outer-scope weight read by both branches of the If; K is local to the then branch
 IF_SHARED = """
@@ -71,3 +74,57 @@ def test_fresh_names_avoid_every_name_in_the_graph_and_its_subgraphs() -> None:
 
     names = FreshNames.of(import_graph(parse(IF_SHARED)))
     assert [names.fresh("W"), names.fresh("W"), names.fresh("h"), names.fresh("new")] == ["W_1", "W_2", "h_1", "new"]
+
+
+def _outer_scope_weight_model() -> onnx.ModelProto:
+    """W (32 KiB, over the detaching threshold) is read by a main-graph MatMul and, through outer
+    scope, by the then branch of an If; B (8 bytes) is small."""
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((64, 128)).astype(np.float32), "W")
+    b = onnx.numpy_helper.from_array(np.array([1.0, -1.0], np.float32), "B")
+    then_branch = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "W"], ["a"])], "then", [],
+        [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, ["N", 128])])
+    else_branch = onnx.helper.make_graph(
+        [onnx.helper.make_node("Neg", ["h"], ["b"])], "else", [],
+        [onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, ["N", 128])])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+         onnx.helper.make_node("If", ["c"], ["y"], name="if", then_branch=then_branch, else_branch=else_branch),
+         onnx.helper.make_node("Add", ["y", "y"], ["z"], name="add"),
+         onnx.helper.make_node("Reshape", ["z", "S"], ["r"], name="reshape"),
+         onnx.helper.make_node("Mul", ["B", "B"], ["bb"], name="mul")],
+        "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64]),
+              onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [onnx.helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, None),
+         onnx.helper.make_tensor_value_info("bb", onnx.TensorProto.FLOAT, [2])],
+        [w, b, onnx.numpy_helper.from_array(np.array([-1, 256], np.int64), "S")])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_weights_detached_puts_every_weight_back_also_after_an_error() -> None:
+    # setup
+    graph = import_graph(_outer_scope_weight_model())
+    before = export(graph).SerializeToString()
+    # execute: only W is detached; the block fails
+    with pytest.raises(RuntimeError, match="inside"):
+        with weights_detached(graph) as detached:
+            assert list(detached) == ["W"]
+            assert [t.name for t in graph.inputs] == ["x", "c", "W"]
+            raise RuntimeError("inside")
+    # assert: the graph exports byte for byte as before
+    assert export(graph).SerializeToString() == before
+
+
+def test_a_graph_session_serves_a_weight_read_through_outer_scope() -> None:
+    # setup
+    model = _outer_scope_weight_model()
+    graph = import_graph(model)
+    x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
+    # execute / assert: both branches give exactly the proto's results, with W passed from memory
+    session = make_session(graph)
+    assert len(session._onnxopt_weights) == 1
+    for cond in (True, False):
+        feeds = {"x": x, "c": np.array(cond)}
+        for got, expected in zip(session.run(None, feeds), run_model(model, feeds)):
+            np.testing.assert_array_equal(got, expected)
