@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-from onnxopt.graph import import_graph, inference_probe, subgraphs
+from onnxopt.graph import inference_probe, subgraph_protos, subgraphs
 from onnxopt.pass_base import PassReport
+
 
 def all_graphs(graph: gs.Graph) -> list[gs.Graph]:
     return [graph, *subgraphs(graph)]
@@ -33,8 +37,18 @@ INFERENCE_FAILURES = (onnx.shape_inference.InferenceError, onnx.checker.Validati
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 
-def infer(graph: gs.Graph, notes: list[str]) -> dict[str, gs.Tensor]:
-    """Tensors of ``graph`` as onnx shape inference (with data propagation) sees them, by name.
+@dataclass(frozen=True)
+class Inferred:
+    """A tensor's type as shape inference found it, in onnx-graphsurgeon's terms (a numpy dtype, or
+    the onnx type number for types numpy lacks; dims as ints, ``dim_param`` strings or ``None``)."""
+
+    dtype: Any
+    shape: list[int | str | None] | None
+
+
+def infer(graph: gs.Graph, notes: list[str]) -> dict[str, Inferred]:
+    """The type of every tensor of ``graph`` that onnx shape inference (with data propagation) can
+    tell, by name, subgraphs included.
 
     Inference errors are reported in ``notes`` and inference reruns leniently, keeping what it can
     infer; failures to run at all raise one of ``INFERENCE_FAILURES``.
@@ -49,9 +63,12 @@ def infer(graph: gs.Graph, notes: list[str]) -> dict[str, gs.Tensor]:
     if custom:
         notes.append(f"ops of custom domain(s) {', '.join(custom)} have no shape inference; "
                      "tensors computed from them may stay untyped")
-    found: dict[str, gs.Tensor] = {}
-    for g in all_graphs(import_graph(inferred)):
-        found.update(g.tensors())
+    found: dict[str, Inferred] = {}
+    for g in [inferred.graph, *subgraph_protos(inferred.graph)]:  # read directly: importing the graph is slow
+        for value_info in (*g.input, *g.output, *g.value_info):
+            if value_info.type.ByteSize() > 0:
+                found[value_info.name] = Inferred(get_onnx_tensor_dtype(value_info),
+                                                  get_onnx_tensor_shape(value_info))
     return found
 
 
@@ -80,13 +97,13 @@ def _merged_shape(old: list | None, new: list | None) -> tuple[list | None, bool
     return merged, gained
 
 
-def apply_inferred(graph: gs.Graph, inferred: dict[str, gs.Tensor], report: PassReport) -> int:
+def apply_inferred(graph: gs.Graph, inferred: dict[str, Inferred], report: PassReport) -> int:
     """Copy inferred dtypes/shapes onto the variables of ``graph``; return how many gained info."""
     gained = 0
     for g in all_graphs(graph):
         for name, tensor in g.tensors().items():
             new = inferred.get(name)
-            if not isinstance(tensor, gs.Variable) or not isinstance(new, gs.Variable) or not name:
+            if not isinstance(tensor, gs.Variable) or new is None or not name:
                 continue
             if tensor.shape is not None and new.shape is not None and len(tensor.shape) != len(new.shape):
                 report.skip(name, f"inferred rank {len(new.shape)} conflicts with the declared shape "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +67,16 @@ def test_calibrating_and_evaluating_on_the_same_file_warns(data: Path) -> None:
                               latency_runs=0)
     assert not any("in-sample" in w for w in result.report.warnings)
     assert any("random data" in w for w in result.report.warnings)
+
+
+def test_every_public_name_resolves_and_a_module_import_loads_no_api() -> None:
+    # assert: each name in onnxopt.__all__ comes from the module that defines it
+    for name in onnxopt.__all__:
+        value = getattr(onnxopt, name)
+        assert getattr(value, "__name__", name) == name
+    # execute: a fresh interpreter that uses one module only
+    probe = ("import sys, onnxopt.data; "
+             "print(sorted(m for m in ('onnxopt.api', 'onnxopt.evaluate', 'onnxopt.registry') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    # assert: the API, the evaluator and the registry were not imported
+    assert out.strip() == "[]"
