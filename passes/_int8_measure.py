@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -174,13 +175,19 @@ def layer_errors(float_model: onnx.ModelProto, plan: Plan, params: Mapping[str, 
 def fusion_report(graph: gs.Graph, plan: Plan, providers: Sequence[str], probe: Batch) -> dict[str, Any]:
     """The ops of onnxruntime's optimized graph (integer kernels it fused, layers left in float), and
     how far its outputs on ``probe`` are from the Q/DQ reference (optimizations off)."""
-    with tempfile.TemporaryDirectory(prefix="onnxopt-int8-") as tmp:
-        path = Path(tmp) / "optimized.onnx"
-        fused = make_session(graph, providers=providers, threads=1, optimize=True, optimized_model_path=str(path))
-        optimized = onnx.load(str(path), load_external_data=False)
     reference = make_session(graph, providers=providers, threads=1)
+    # the two runs overlap (onnxruntime releases the GIL): the reference runs while the fused session is built
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        expected = pool.submit(reference.run, None, probe.inputs)
+        with tempfile.TemporaryDirectory(prefix="onnxopt-int8-") as tmp:
+            path = Path(tmp) / "optimized.onnx"
+            fused = make_session(graph, providers=providers, threads=1, optimize=True,
+                                 optimized_model_path=str(path))
+            optimized = onnx.load(str(path), load_external_data=False)
+        got = fused.run(None, probe.inputs)
+        expected_outputs = expected.result()
     deviation = 0.0
-    for a, b in zip(fused.run(None, probe.inputs), reference.run(None, probe.inputs)):
+    for a, b in zip(got, expected_outputs):
         deviation = max(deviation, float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), 1e-12))
     counts = Counter(n.op_type for n in optimized.graph.node)
     layer_names = set(plan.layers)
