@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import SparseValues
 
 logger = logging.getLogger(__name__)
 
@@ -98,31 +99,42 @@ PROBE_CONSTANT_BYTES = 4096
 
 @contextlib.contextmanager
 def weights_detached(graph: gs.Graph) -> Iterator[dict[str, gs.Constant]]:
-    """For the ``with`` block, every numeric constant of ``graph`` larger than ``PROBE_CONSTANT_BYTES``
-    (not a graph output, exported in its own numpy type) is replaced, in place, by a graph input of the same name, type and shape;
-    yields those constants by name and puts them back afterwards, also after an error. The graph then
-    exports without its weights, which is cheaper than copying it; small constants (shapes, axes,
-    indices) stay in it."""
+    """For the ``with`` block, every dense numeric constant of ``graph`` larger than
+    ``PROBE_CONSTANT_BYTES`` (not a graph output, exported in its own numpy type) is replaced, in
+    place, by a graph input of the same name, type and shape; yields those constants by name and puts
+    them back afterwards, also after an error, with their consumers in the same order and the same
+    ``graph.inputs`` list. The graph then exports without its weights, which is cheaper than copying
+    it; small constants (shapes, axes, indices) stay in it."""
     outputs = {id(t) for t in graph.outputs}
-    detached: list[tuple[gs.Constant, gs.Variable, list[tuple[gs.Node, int]]]] = []
+    detached: list[tuple[gs.Constant, list[gs.Node], list[tuple[gs.Node, int]]]] = []
     inputs = list(graph.inputs)
     try:
         for tensor in list(graph.tensors().values()):
             if isinstance(tensor, gs.Constant) and (nbytes(tensor) or 0) > PROBE_CONSTANT_BYTES \
                     and np.dtype(tensor.dtype).kind in "biuf" and tensor.export_dtype == tensor.dtype \
-                    and id(tensor) not in outputs:
+                    and not _is_sparse(tensor) and id(tensor) not in outputs:
                 stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
-                uses = [(node, i) for node in list(tensor.outputs) for i, t in enumerate(node.inputs) if t is tensor]
-                detached.append((tensor, stand_in, uses))
+                order = list(tensor.outputs)  # a node reading the tensor twice is listed twice
+                uses = [(node, i) for node in {id(n): n for n in order}.values()
+                        for i, t in enumerate(node.inputs) if t is tensor]
+                detached.append((tensor, order, uses))
                 for node, i in uses:
                     node.inputs[i] = stand_in
                 graph.inputs.append(stand_in)
         yield {tensor.name: tensor for tensor, _, _ in detached}
     finally:
-        for tensor, _, uses in reversed(detached):
+        for tensor, order, uses in reversed(detached):
             for node, i in uses:
                 node.inputs[i] = tensor
-        graph.inputs = inputs
+            # the consumers already read ``tensor`` again: set their order without syncing the nodes
+            list.__setitem__(tensor.outputs, slice(None), order)
+        graph.inputs[:] = inputs
+
+
+def _is_sparse(constant: gs.Constant) -> bool:
+    """Whether onnx-graphsurgeon holds ``constant`` as a sparse initializer (``.values`` would load a
+    lazy dense one, so the held object is looked at)."""
+    return isinstance(getattr(constant, "_values", None), SparseValues)
 
 
 def inference_probe(graph: gs.Graph) -> onnx.ModelProto:

@@ -48,7 +48,7 @@ def make_session(
     session's creation and removed again, so a large model is not copied; ``disabled_optimizers``
     names onnxruntime graph transformers to skip (with ``optimize``).
 
-    A graph's weights are not serialized: onnxruntime reads them from the graph's own arrays (see
+    A graph's weights are not serialized: onnxruntime takes them from the graph's own arrays (see
     ``_graph_session``), which saves an export, a serialization and a parse of every weight."""
     import onnxruntime as ort
 
@@ -98,8 +98,8 @@ def _graph_session(graph: gs.Graph, outputs: Sequence[str], options: ort.Session
                    extra: dict[str, Any]) -> ort.InferenceSession:
     """A session of ``graph`` exported without its weights: each detached weight is an initializer
     declared as external data whose bytes onnxruntime takes from the graph's own array
-    (``add_external_initializers``, no copy). The model has no size limit then, and the session
-    keeps the arrays alive."""
+    (``add_external_initializers``; onnxruntime 1.32 copies them into its own buffers, nothing else
+    holds a copy). The model has no protobuf size limit then, and the session keeps the arrays alive."""
     import onnxruntime as ort
 
     with weights_detached(graph) as weights:
@@ -124,7 +124,7 @@ def _graph_session(graph: gs.Graph, outputs: Sequence[str], options: ort.Session
     with _outputs_added(model, outputs):
         image = model.SerializeToString()
     session = ort.InferenceSession(image, options, providers=providers, **extra)
-    session._onnxopt_weights = values  # the session reads these arrays' memory: keep them with it
+    session._onnxopt_weights = values  # an onnxruntime that reads these arrays in place needs them alive
     return session
 
 

@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-from onnxopt.graph import inference_probe, subgraph_protos, subgraphs
+from onnxopt.graph import inference_probe, subgraphs
 from onnxopt.pass_base import PassReport
 
 
@@ -46,9 +46,11 @@ class Inferred:
     shape: list[int | str | None] | None
 
 
-def infer(graph: gs.Graph, notes: list[str]) -> dict[str, Inferred]:
-    """The type of every tensor of ``graph`` that onnx shape inference (with data propagation) can
-    tell, by name, subgraphs included.
+def infer(graph: gs.Graph, notes: list[str]) -> list[dict[str, Inferred]]:
+    """The type of every tensor that onnx shape inference (with data propagation) can tell, per graph
+    of ``all_graphs(graph)`` (main graph first, then nested bodies depth-first): each scope's tensors by
+    name, over the tensors it sees from the scopes around it. Two branches may each have a local
+    tensor of the same name and a different type.
 
     Inference errors are reported in ``notes`` and inference reruns leniently, keeping what it can
     infer; failures to run at all raise one of ``INFERENCE_FAILURES``.
@@ -63,12 +65,25 @@ def infer(graph: gs.Graph, notes: list[str]) -> dict[str, Inferred]:
     if custom:
         notes.append(f"ops of custom domain(s) {', '.join(custom)} have no shape inference; "
                      "tensors computed from them may stay untyped")
-    found: dict[str, Inferred] = {}
-    for g in [inferred.graph, *subgraph_protos(inferred.graph)]:  # read directly: importing the graph is slow
-        for value_info in (*g.input, *g.output, *g.value_info):
-            if value_info.type.ByteSize() > 0:
-                found[value_info.name] = Inferred(get_onnx_tensor_dtype(value_info),
-                                                  get_onnx_tensor_shape(value_info))
+    scopes = _scopes(inferred.graph, {})
+    if len(scopes) != len(all_graphs(graph)):  # a graph-list attribute, which the two walks order differently
+        notes.append("nested graphs could not be matched to their inferred types; left as declared")
+        return [scopes[0]] + [{} for _ in all_graphs(graph)[1:]]
+    return scopes
+
+
+def _scopes(g: onnx.GraphProto, outer: dict[str, Inferred]) -> list[dict[str, Inferred]]:
+    """The types ``g`` sees (its own over ``outer``), then those of its nested graphs, depth-first.
+    Read from the ValueInfoProtos directly: importing the inferred graph again is slow."""
+    seen = dict(outer)
+    for value_info in (*g.input, *g.output, *g.value_info):
+        if value_info.type.ByteSize() > 0:
+            seen[value_info.name] = Inferred(get_onnx_tensor_dtype(value_info), get_onnx_tensor_shape(value_info))
+    found = [seen]
+    for node in g.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                found.extend(_scopes(sub, seen))
     return found
 
 
@@ -97,12 +112,13 @@ def _merged_shape(old: list | None, new: list | None) -> tuple[list | None, bool
     return merged, gained
 
 
-def apply_inferred(graph: gs.Graph, inferred: dict[str, Inferred], report: PassReport) -> int:
-    """Copy inferred dtypes/shapes onto the variables of ``graph``; return how many gained info."""
+def apply_inferred(graph: gs.Graph, inferred: list[dict[str, Inferred]], report: PassReport) -> int:
+    """Copy inferred dtypes/shapes (from ``infer``) onto the variables of ``graph``; return how many
+    gained info."""
     gained = 0
-    for g in all_graphs(graph):
+    for g, scope in zip(all_graphs(graph), inferred):
         for name, tensor in g.tensors().items():
-            new = inferred.get(name)
+            new = scope.get(name)
             if not isinstance(tensor, gs.Variable) or new is None or not name:
                 continue
             if tensor.shape is not None and new.shape is not None and len(tensor.shape) != len(new.shape):

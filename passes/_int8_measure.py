@@ -74,8 +74,8 @@ class Limited:
                     batch = Batch({k: v[:keep] for k, v in batch.inputs.items()},
                                   None if batch.labels is None else batch.labels[:keep])
                 if batch.size:
-                    if self.seen == 0:
-                        self.first = batch
+                    if self.seen == 0:  # copied: a source may refill its buffers for the next batch
+                        self.first = Batch({k: np.array(v) for k, v in batch.inputs.items()}, batch.labels)
                     self.seen += batch.size
                     yield batch
                 if self.limit is not None and self.seen >= self.limit:

@@ -78,5 +78,8 @@ def test_every_public_name_resolves_and_a_module_import_loads_no_api() -> None:
     probe = ("import sys, onnxopt.data; "
              "print(sorted(m for m in ('onnxopt.api', 'onnxopt.evaluate', 'onnxopt.registry') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    # assert: the API, the evaluator and the registry were not imported
+    # assert: the API, the evaluator and the registry were not imported; submodules still resolve
     assert out.strip() == "[]"
+    assert onnxopt.errors.OnnxoptError is onnxopt.OnnxoptError and onnxopt.runtime.make_session
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        onnxopt.nope  # noqa: B018

@@ -494,6 +494,26 @@ def test_shape_inference_annotates_intermediates() -> None:
     assert_same(model, optimized, {"x": np.ones((2, 4), np.float32)})
 
 
+def test_shape_inference_types_same_named_tensors_of_two_branches_each_their_own_way() -> None:
+    # setup: each branch has a local 'tmp', int64 in one and float32 in the other (valid ONNX)
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3] x, bool c) => (float[2, 3] y) {
+            y = If(c) <
+                then_branch = g1 () => (float[2, 3] a) { tmp = Cast<to = 7>(x)  a = Cast<to = 1>(tmp) },
+                else_branch = g2 () => (float[2, 3] b) { tmp = Relu(x)  b = Identity(tmp) }>
+        }""")
+    # execute
+    optimized, _ = apply_pass(ShapeInference(), model)
+    # assert: each branch's tmp has its own type, and the model still runs both ways
+    then_branch, else_branch = (attr.g for attr in optimized.graph.node[0].attribute)
+    types = [{v.name: v.type.tensor_type.elem_type for v in b.value_info}["tmp"] for b in (then_branch, else_branch)]
+    assert types == [TensorProto.INT64, TensorProto.FLOAT]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5
+    for cond in (True, False):
+        assert_same(model, optimized, {"x": x, "c": np.array(cond)})
+
+
 @pytest.mark.parametrize("text,note", [
     ("float[2, 3] x) => (float[3, 2] y) { y = Add(x, x) }",
      "shape inference found errors, kept what lenient inference infers: [ShapeInferenceError] Inference error(s): "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from conftest import parse, run_model
 
@@ -128,3 +129,42 @@ def test_a_graph_session_serves_a_weight_read_through_outer_scope() -> None:
         feeds = {"x": x, "c": np.array(cond)}
         for got, expected in zip(session.run(None, feeds), run_model(model, feeds)):
             np.testing.assert_array_equal(got, expected)
+
+
+def test_weights_detached_restores_consumer_order_and_the_inputs_list() -> None:
+    # setup: N reads W twice, M once in between: W.outputs is [N, M, N]
+    w = gs.Constant("W", np.ones((64, 64), np.float32))
+    x = gs.Variable("x", np.float32, [64, 64])
+    a, b, c = (gs.Variable(name, np.float32) for name in "abc")
+    n = gs.Node("Sum", "N", inputs=[w, x], outputs=[a])
+    m = gs.Node("Mul", "M", inputs=[x, w], outputs=[b])
+    n.inputs.append(w)
+    graph = gs.Graph(nodes=[n, m, gs.Node("Add", "P", inputs=[a, b], outputs=[c])], inputs=[x], outputs=[c], opset=17)
+    held = graph.inputs
+    # execute
+    with weights_detached(graph) as detached:
+        assert list(detached) == ["W"] and held[-1].name == "W"
+    # assert: the same consumers in the same order, and the caller's inputs list without the stand-in
+    assert [node.name for node in w.outputs] == ["N", "M", "N"]
+    assert [t is w for t in n.inputs] == [True, False, True] and m.inputs[1] is w
+    assert graph.inputs is held and [t.name for t in held] == ["x"]
+
+
+def test_a_sparse_weight_is_left_in_the_model_and_the_session_runs_it() -> None:
+    # setup: a 64x64 (16 KiB dense) sparse initializer with three values
+    values = onnx.numpy_helper.from_array(np.array([1.0, 2.0, 3.0], np.float32), "W")
+    indices = onnx.numpy_helper.from_array(np.array([0, 65, 4095], np.int64), "W_idx")
+    body = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])])
+    body.sparse_initializer.append(onnx.helper.make_sparse_tensor(values, indices, [64, 64]))
+    model = onnx.helper.make_model(body, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    graph = import_graph(model)
+    feeds = {"x": np.arange(64, dtype=np.float32)[None]}
+    # execute
+    with weights_detached(graph) as detached:
+        assert detached == {}
+    got = make_session(graph).run(None, feeds)[0]
+    # assert
+    np.testing.assert_array_equal(got, run_model(model, feeds)[0])

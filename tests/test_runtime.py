@@ -78,7 +78,7 @@ def test_a_failed_external_data_save_leaves_the_model_intact(monkeypatch: pytest
     assert make_session(model).run(None, {"x": np.ones((1, 64), np.float32)})[0].shape == (1, 8)
 
 
-def test_a_graph_session_reads_the_weights_from_the_graph_arrays(rng: np.random.Generator) -> None:
+def test_a_graph_session_gives_the_proto_results_and_outlives_the_graph(rng: np.random.Generator) -> None:
     # setup: w1 (64 KiB) and w2 (8 KiB) are over the detaching threshold (4 KiB)
     model = _two_layer_model(rng)
     graph = gs.import_onnx(model)
@@ -89,14 +89,14 @@ def test_a_graph_session_reads_the_weights_from_the_graph_arrays(rng: np.random.
     del graph
     gc.collect()
     got = session.run(["h", "y"], {"x": x})
-    # assert: exactly the proto's results; the weights were not in the model onnxruntime parsed
+    # assert: exactly the proto's results; the two weights went over as external initializers
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
     assert {i.name for i in session.get_inputs()} == {"x"}
     assert sorted(session._onnxopt_weights[i].numpy().shape for i in range(2)) == [(64, 256), (256, 8)]
 
 
-def test_a_graph_session_keeps_small_and_non_numeric_constants_in_the_model(rng: np.random.Generator) -> None:
+def test_a_graph_session_keeps_small_constants_in_the_model(rng: np.random.Generator) -> None:
     # setup: a 16-byte shape constant must stay in the model (Reshape reads its value)
     graph = gs.import_onnx(_two_layer_model(rng))
     y = graph.outputs[0]
