@@ -59,14 +59,14 @@ def write_section(name: str, command: str, body: str) -> None:
     BENCHMARKS_MD.write_text(text)
 
 
-def bundled_eval(name: str) -> tuple[np.ndarray, np.ndarray, str]:
+def bundled_eval(name: str, folder: Path = MODELS) -> tuple[np.ndarray, np.ndarray, str]:
     """A bundled model's evaluation set as (inputs, labels, description).
 
     For the Fashion-MNIST models this is the whole 10k test split minus the model's calibration
     samples when the Debian package is installed (9,744 samples instead of the bundled 1,000: a
     difference of a few tenths of a point between two int8 models is then more than sampling noise);
     otherwise, and for the other models, the bundled ``<name>.eval.npz``."""
-    with np.load(MODELS / f"{name}.eval.npz") as npz:
+    with np.load(folder / f"{name}.eval.npz") as npz:
         x, labels = npz["input"], npz["label"]
     bundled = (x, labels, f"{name}.eval.npz ({len(x)} samples)")
     images = FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"
@@ -78,7 +78,7 @@ def bundled_eval(name: str) -> tuple[np.ndarray, np.ndarray, str]:
         test_labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
     test = ((pixels.astype(np.float32) / 255 - np.float32(FASHION_MNIST_MEAN))
             / np.float32(FASHION_MNIST_STD)).astype(np.float32)
-    with np.load(MODELS / f"{name}.calib.npz") as npz:
+    with np.load(folder / f"{name}.calib.npz") as npz:
         calibration = {row.tobytes() for row in npz["input"]}
     held_out = np.array([row.tobytes() not in calibration for row in test])
     if len(test) - held_out.sum() != len(calibration):  # a different preprocessing: not the same images

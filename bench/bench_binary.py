@@ -4,7 +4,7 @@ Two size ratios, kept apart: the weight-bytes ratio (float / packed initializer 
 packing itself saves) and the file ratio (float / packed serialized ``ModelProto``, what a user sees
 on disk, which also counts the unpacking subgraphs' nodes, names and initializer headers).
 For each bundled model: whole-model and per-layer compression (uint8, float32 and float16 scales),
-top-1 accuracy on its eval.npz for the float model and several binary variants (refitted on its
+top-1 accuracy on its evaluation set (``bench._common.bundled_eval``) for the float model and several binary variants (refitted on its
 calib.npz), top-1 over several refit seeds for the scale storage and ``min_channel_weights``
 choices, the per-layer refit errors, whether onnxruntime folds the unpacking subgraphs, and the
 paired latency ratio packed vs float (CPU, 1 intra-op thread, graph optimizations on). For the real
@@ -28,7 +28,8 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, SHARED_MODELS, markdown_table, setup_logging, write_section  # noqa: E402
+from bench._common import (MODELS, SHARED_MODELS, bundled_eval, markdown_table, setup_logging,  # noqa: E402
+                           write_section)
 from onnxopt.data import input_specs, open_data  # noqa: E402
 from onnxopt.graph import export, import_graph  # noqa: E402
 from onnxopt.latency import paired_latency  # noqa: E402
@@ -37,7 +38,6 @@ from onnxopt.pipeline import Pipeline  # noqa: E402
 from onnxopt.runtime import make_session  # noqa: E402
 from passes.binary import BinaryWeights  # noqa: E402
 
-MODELS = ROOT / "models"
 BUNDLED = ("resnet_fmnist", "vgg_digits", "mlp_fmnist")
 REAL = ("ultraface-RFB-320.onnx", "SqueezeNet_fp16.onnx")
 LATENCY_BATCH = 32
@@ -111,8 +111,7 @@ def _latency(float_model: onnx.ModelProto, packed: onnx.ModelProto, feeds: dict[
 def bench_bundled(folder: Path, name: str, runs: int) -> tuple[list[list[object]], list[list[object]], list[list[object]]]:
     model = onnx.load(str(folder / f"{name}.onnx"))
     calib = folder / f"{name}.calib.npz"
-    with np.load(folder / f"{name}.eval.npz") as npz:
-        x, labels = npz["input"], npz["label"]
+    x, labels, _ = bundled_eval(name, folder)
     float_acc, float_pred = _accuracy(model, x, labels)
     rows: list[list[object]] = [[name, "float32", f"{float_acc:.4f}", "1.000", model.ByteSize(), "1.00", "", ""]]
     default: Outcome | None = None
@@ -164,8 +163,7 @@ def bench_seeds(folder: Path, name: str, seeds: int) -> list[list[object]]:
     and each variant's paired difference to the first (the default)."""
     model = onnx.load(str(folder / f"{name}.onnx"))
     calib = folder / f"{name}.calib.npz"
-    with np.load(folder / f"{name}.eval.npz") as npz:
-        x, labels = npz["input"], npz["label"]
+    x, labels, _ = bundled_eval(name, folder)
     accuracy: dict[str, np.ndarray] = {}
     rows = []
     for label, settings in SEEDED:
@@ -209,7 +207,8 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     acc_rows, layer_rows, size_rows, seed_rows = [], [], [], []
-    for name in [m for m in args.models.split(",") if (args.models_dir / f"{m}.onnx").exists()]:
+    names = [m for m in args.models.split(",") if (args.models_dir / f"{m}.onnx").exists()]
+    for name in names:
         rows, layers, size = bench_bundled(args.models_dir, name, args.runs)
         acc_rows += rows
         layer_rows += layers
@@ -243,13 +242,14 @@ def main() -> None:
                         "graph bytes / layer (fp32 scales)", "packed layers", "layers left float",
                         "ORT unpack nodes left", f"latency ratio (batch {LATENCY_BATCH})", "latency ratio (batch 1)"],
                        size_rows),
-        "### Accuracy (top-1 on eval.npz; agreement = top-1 agreement with the float model)",
+        "### Accuracy (top-1 on the evaluation set; agreement = top-1 agreement with the float model)",
+        "Evaluation sets: " + "; ".join(f"**{name}**: {bundled_eval(name, args.models_dir)[2]}" for name in names) + ".",
         "File bytes and 'file x' are the serialized model (`ByteSize`), float / variant. 'refit lowered' counts "
         "layers whose relative output error on the calibration rows went down.",
         markdown_table(["model", "variant", "top-1", "agreement", "file bytes", "file x", "refit lowered", "pass s"],
                        acc_rows),
         f"### Scale storage and small-K layers over {args.seeds} refit seeds",
-        "Top-1 on eval.npz of the refitted 1-bit model for seeds 0.."
+        "Top-1 on the evaluation set of the refitted 1-bit model for seeds 0.."
         f"{args.seeds - 1} (the seed picks the calibration rows each layer's refit samples): mean, standard "
         "deviation, min, max, and the paired difference to the default in points (mean ± standard error). "
         "A single seed's top-1 moves by up to a point or two (the accuracy table above is seed 0). "

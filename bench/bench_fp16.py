@@ -35,7 +35,8 @@ from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, SHARED_MODELS, markdown_table, setup_logging, write_section  # noqa: E402
+from bench._common import (FASHION_MNIST_DIR, MODELS, SHARED_MODELS, bundled_eval, markdown_table,  # noqa: E402
+                           setup_logging, write_section)
 from onnxopt.data import DataSource, input_specs, open_data  # noqa: E402
 from onnxopt.graph import export, import_graph  # noqa: E402
 from onnxopt.latency import paired_latency  # noqa: E402
@@ -45,9 +46,8 @@ from onnxopt.runtime import make_session  # noqa: E402
 from passes._fp16_calib import materialise_float16  # noqa: E402
 from passes.fp16 import Fp16  # noqa: E402
 
-MODELS = ROOT / "models"
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+FMNIST = FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 COMMAND = ".venv/bin/python bench/bench_fp16.py"
 
 
@@ -99,11 +99,10 @@ def bundled_cases() -> list[Case]:
         if not eval_path.exists():
             continue
         model = onnx.load(str(path))
-        with np.load(eval_path) as npz:
-            x, labels = npz["input"], npz["label"]
+        x, labels, described = bundled_eval(path.stem)
         calib = open_data(calib_path, model) if calib_path.exists() else None
         cases.append(Case(path.stem, model, [{"input": x[i:i + 256]} for i in range(0, len(x), 256)],
-                          f"{eval_path.name} ({len(x)} labelled samples)", labels, calib))
+                          described, labels, calib))
     return cases
 
 

@@ -26,7 +26,8 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, SHARED_MODELS, markdown_table, setup_logging, write_section  # noqa: E402
+from bench._common import (MODELS, SHARED_MODELS, WORK, bundled_eval, markdown_table, setup_logging,  # noqa: E402
+                           write_section)
 from onnxopt.data import open_data  # noqa: E402
 from onnxopt.latency import PairedLatency, paired_latency  # noqa: E402
 from onnxopt.pass_base import Pass, PassContext  # noqa: E402
@@ -36,7 +37,6 @@ from onnxopt.stats import model_stats  # noqa: E402
 from passes.prune_channels import PruneChannels  # noqa: E402
 from passes.remove_blocks import RemoveBlocks  # noqa: E402
 
-MODELS = ROOT / "models"
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 COMMAND = ".venv/bin/python bench/bench_pruning.py"
 
@@ -126,13 +126,14 @@ def bundled_case(name: str, runs: int) -> Case | None:
     path = MODELS / f"{name}.onnx"
     if not path.exists():
         return None
-    evaluation = MODELS / f"{name}.eval.npz"
-    with np.load(evaluation) as npz:
-        x = npz["input"]
+    x, labels, described = bundled_eval(name)
+    evaluation = WORK / "pruning" / f"{name}.eval.npz"
+    evaluation.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(evaluation, input=x, label=labels)
     return Case(name, onnx.load(str(path)), MODELS / f"{name}.calib.npz", evaluation,
                 {1: {"input": x[:1]}, 32: {"input": x[:32]}}, runs,
                 f"**{name}**: recovery and sensitivity on {name}.calib.npz ({_samples(MODELS / f'{name}.calib.npz')} "
-                f"samples), accuracy on {name}.eval.npz ({len(x)} samples)")
+                f"samples), accuracy on {described}")
 
 
 def _samples(path: Path) -> int:
