@@ -59,6 +59,18 @@ def write_section(name: str, command: str, body: str) -> None:
     BENCHMARKS_MD.write_text(text)
 
 
+def fashion_mnist_test() -> tuple[np.ndarray, np.ndarray] | None:
+    """The Fashion-MNIST test split from Debian's dataset-fashion-mnist: uint8 images ``[10000, 28, 28]``
+    and int64 labels; ``None`` when the package is not installed."""
+    images, labels = FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz", FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
+    if not (images.is_file() and labels.is_file()):
+        return None
+    with gzip.open(images) as f:
+        pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(labels) as f:
+        return pixels, np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+
+
 def bundled_eval(name: str, folder: Path = MODELS) -> tuple[np.ndarray, np.ndarray, str]:
     """A bundled model's evaluation set as (inputs, labels, description).
 
@@ -69,14 +81,11 @@ def bundled_eval(name: str, folder: Path = MODELS) -> tuple[np.ndarray, np.ndarr
     with np.load(folder / f"{name}.eval.npz") as npz:
         x, labels = npz["input"], npz["label"]
     bundled = (x, labels, f"{name}.eval.npz ({len(x)} samples)")
-    images = FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"
-    if "fmnist" not in name or not images.is_file():
+    split = fashion_mnist_test()
+    if "fmnist" not in name or split is None:
         return bundled
-    with gzip.open(images) as f:
-        pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    with gzip.open(FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz") as f:
-        test_labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    test = ((pixels.astype(np.float32) / 255 - np.float32(FASHION_MNIST_MEAN))
+    pixels, test_labels = split
+    test = ((pixels[:, None].astype(np.float32) / 255 - np.float32(FASHION_MNIST_MEAN))
             / np.float32(FASHION_MNIST_STD)).astype(np.float32)
     with np.load(folder / f"{name}.calib.npz") as npz:
         calibration = {row.tobytes() for row in npz["input"]}

@@ -19,7 +19,6 @@ an op without a float16 kernel). Writes the "fp16" section of docs/BENCHMARKS.md
 from __future__ import annotations
 
 import argparse
-import gzip
 import logging
 import re
 import sys
@@ -35,8 +34,8 @@ from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import (FASHION_MNIST_DIR, MODELS, SHARED_MODELS, bundled_eval, markdown_table,  # noqa: E402
-                           setup_logging, write_section)
+from bench._common import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, MODELS, SHARED_MODELS,  # noqa: E402
+                           bundled_eval, fashion_mnist_test, markdown_table, setup_logging, write_section)
 from onnxopt.data import DataSource, input_specs, open_data  # noqa: E402
 from onnxopt.graph import export, import_graph  # noqa: E402
 from onnxopt.latency import paired_latency  # noqa: E402
@@ -47,7 +46,6 @@ from passes._fp16_calib import materialise_float16  # noqa: E402
 from passes.fp16 import Fp16  # noqa: E402
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-FMNIST = FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 COMMAND = ".venv/bin/python bench/bench_fp16.py"
 
 
@@ -55,13 +53,12 @@ def _fashion_mnist_images(count: int) -> tuple[np.ndarray, str]:
     """``count`` Fashion-MNIST test images as 0-255 float32 ``[count, 1, 1, 28, 28]``: from the Debian
     package when installed, else from the bundled resnet_fmnist evaluation set (the same test split,
     normalisation undone)."""
-    if FMNIST.is_file():
-        with gzip.open(FMNIST) as f:
-            raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 1, 28, 28)[:count]
-        return raw.astype(np.float32), "Debian dataset-fashion-mnist"
+    split = fashion_mnist_test()
+    if split is not None:
+        return split[0][:count].reshape(-1, 1, 1, 28, 28).astype(np.float32), "Debian dataset-fashion-mnist"
     with np.load(MODELS / "resnet_fmnist.eval.npz") as npz:
         x = npz["input"][:count]
-    pixels = np.clip(np.round((x * 0.3530 + 0.2860) * 255), 0, 255).astype(np.float32)
+    pixels = np.clip(np.round((x * FASHION_MNIST_STD + FASHION_MNIST_MEAN) * 255), 0, 255).astype(np.float32)
     return pixels.reshape(-1, 1, 1, 28, 28), "bundled resnet_fmnist.eval.npz"
 
 

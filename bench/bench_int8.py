@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import gzip
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import (FASHION_MNIST_DIR, MODELS, ROOT, SHARED_MODELS, WORK, bundled_eval,  # noqa: E402
+from bench._common import (MODELS, ROOT, SHARED_MODELS, WORK, bundled_eval, fashion_mnist_test,  # noqa: E402
                            markdown_table, setup_logging, write_section)
 from onnxopt.hardware import cpu_info  # noqa: E402
 from onnxopt.latency import paired_latency  # noqa: E402
@@ -117,10 +116,9 @@ def _digits_28() -> tuple[np.ndarray, np.ndarray | None, str]:
         images, labels, note = digits.images / 16.0, digits.target, "scikit-learn digits (1797)"
     except ImportError:
         path = MODELS / "vgg_digits.eval.npz"
-        if not path.exists():
-            with gzip.open(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz", "rb") as f:
-                raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:1000]
-            return (raw.astype(np.float32)[:, None], None,
+        split = None if path.exists() else fashion_mnist_test()
+        if split is not None:
+            return (split[0][:1000].astype(np.float32)[:, None], None,
                     "Fashion-MNIST test images (1000; no digit data installed: agreement only)")
         with np.load(path) as npz:
             images, labels = npz["input"][:, 0], npz["label"]

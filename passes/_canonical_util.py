@@ -65,16 +65,14 @@ def infer(graph: gs.Graph, notes: list[str]) -> list[dict[str, Inferred]]:
     if custom:
         notes.append(f"ops of custom domain(s) {', '.join(custom)} have no shape inference; "
                      "tensors computed from them may stay untyped")
-    scopes = _scopes(inferred.graph, {})
-    if len(scopes) != len(all_graphs(graph)):  # a graph-list attribute, which the two walks order differently
-        notes.append("nested graphs could not be matched to their inferred types; left as declared")
-        return [scopes[0]] + [{} for _ in all_graphs(graph)[1:]]
-    return scopes
+    return _scopes(inferred.graph, {})
 
 
 def _scopes(g: onnx.GraphProto, outer: dict[str, Inferred]) -> list[dict[str, Inferred]]:
-    """The types ``g`` sees (its own over ``outer``), then those of its nested graphs, depth-first.
-    Read from the ValueInfoProtos directly: importing the inferred graph again is slow."""
+    """The types ``g`` sees (its own over ``outer``), then those of its nested graphs, depth-first in
+    the order of ``subgraphs`` (the probe is exported from the same graph; onnx-graphsurgeon has no
+    graph-list attributes). Read from the ValueInfoProtos directly: importing the inferred graph again
+    is slow."""
     seen = dict(outer)
     for value_info in (*g.input, *g.output, *g.value_info):
         if value_info.type.ByteSize() > 0:
@@ -82,8 +80,8 @@ def _scopes(g: onnx.GraphProto, outer: dict[str, Inferred]) -> list[dict[str, In
     found = [seen]
     for node in g.node:
         for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                found.extend(_scopes(sub, seen))
+            if attr.type == onnx.AttributeProto.GRAPH:
+                found.extend(_scopes(attr.g, seen))
     return found
 
 
@@ -116,7 +114,7 @@ def apply_inferred(graph: gs.Graph, inferred: list[dict[str, Inferred]], report:
     """Copy inferred dtypes/shapes (from ``infer``) onto the variables of ``graph``; return how many
     gained info."""
     gained = 0
-    for g, scope in zip(all_graphs(graph), inferred):
+    for g, scope in zip(all_graphs(graph), inferred, strict=True):
         for name, tensor in g.tensors().items():
             new = scope.get(name)
             if not isinstance(tensor, gs.Variable) or new is None or not name:
