@@ -42,7 +42,7 @@ from onnxopt.latency import paired_latency  # noqa: E402
 from onnxopt.pass_base import PassContext  # noqa: E402
 from onnxopt.pipeline import Pipeline  # noqa: E402
 from onnxopt.runtime import make_session  # noqa: E402
-from passes._fp16_calib import materialise_float16  # noqa: E402
+from passes.fp16.calib import materialise_float16  # noqa: E402
 from passes.fp16 import Fp16  # noqa: E402
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -34,8 +34,8 @@ from onnxopt.pass_base import Pass, PassContext  # noqa: E402
 from onnxopt.pipeline import Pipeline  # noqa: E402
 from onnxopt.runtime import make_session  # noqa: E402
 from onnxopt.stats import model_stats  # noqa: E402
-from passes.prune_channels import PruneChannels  # noqa: E402
-from passes.remove_blocks import RemoveBlocks  # noqa: E402
+from passes.pruning import PruneChannels  # noqa: E402
+from passes.pruning import RemoveBlocks  # noqa: E402
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 COMMAND = ".venv/bin/python bench/bench_pruning.py"

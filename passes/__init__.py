@@ -13,15 +13,12 @@ if TYPE_CHECKING:
 
 
 def _builtin_passes() -> tuple[type[Pass], ...]:
-    from passes.binary import BinaryWeights
-    from passes.canonical import DeadNodeCleanup, EliminateIdentity, ShapeInference
-    from passes.fold_batchnorm import FoldBatchNorm
-    from passes.fold_constants import ConstantFolding
+    from passes.binary import BinaryWeights, UnpackBinary
+    from passes.canonical import (ConstantFolding, DeadNodeCleanup, EliminateIdentity, FoldBatchNorm,
+                                  ShapeInference)
     from passes.fp16 import Fp16
     from passes.int8 import Int8
-    from passes.prune_channels import PruneChannels
-    from passes.remove_blocks import RemoveBlocks
-    from passes.unpack import UnpackBinary
+    from passes.pruning import PruneChannels, RemoveBlocks
 
     return (
         # canonicalisation

@@ -12,12 +12,12 @@ from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
 from onnxopt.graph import import_graph
 from onnxopt.pass_base import PassContext, PassReport
-from passes._binary_alpha import LEVELS, ScaleFormat, decode_log, encode_log
-from passes._binary_hwgq import lloyd_uniform_step
-from passes._binary_layers import select_layers
-from passes._binary_pack import pack_signs, unpack_signs
+from passes.binary.alpha import LEVELS, ScaleFormat, decode_log, encode_log
+from passes.binary.hwgq import lloyd_uniform_step
+from passes.binary.layers import select_layers
+from passes.binary.pack import pack_signs, unpack_signs
 from passes.binary import BinaryWeights
-from passes.unpack import UnpackBinary
+from passes.binary import UnpackBinary
 
 #: ops that decode the bit stream, once per run (shared by every packed layer)
 UNPACK_STREAM = {"BitShift": 2, "Cast": 1, "Where": 1, "Reshape": 1, "Split": 1}

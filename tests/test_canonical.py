@@ -9,8 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.pass_base import PassContext, PassReport
 from passes.canonical import DeadNodeCleanup, EliminateIdentity, ShapeInference
-from passes.fold_batchnorm import FoldBatchNorm
-from passes.fold_constants import ConstantFolding
+from passes.canonical import FoldBatchNorm
+from passes.canonical import ConstantFolding
 from conftest import BUNDLED_MODELS, apply_pass, bundled, import_graph, op_counts, parse, run_model
 
 BN_RTOL, BN_ATOL = 1e-4, 1e-5
@@ -304,7 +304,7 @@ def test_static_shape_arithmetic_and_constant_add_fold() -> None:
 @pytest.fixture
 def evaluations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Records the number of nodes of every onnxruntime evaluation constant folding makes."""
-    import passes.fold_constants as fold_constants
+    import passes.canonical.fold_constants as fold_constants
 
     calls: list[int] = []
     evaluate = fold_constants._evaluate

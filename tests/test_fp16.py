@@ -13,8 +13,8 @@ from onnxopt.errors import OnnxoptError, PreconditionError
 from onnxopt.pass_base import PassContext
 from onnxopt.pipeline import Pipeline
 from onnxopt.runtime import make_session
-from passes._fp16_calib import materialise_float16
-from passes._fp16_schema import apply_types, inferred_types
+from passes.fp16.calib import materialise_float16
+from passes.fp16.schema import apply_types, inferred_types
 from passes.fp16 import Fp16
 
 TOL = Fp16.tolerance

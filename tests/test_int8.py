@@ -670,7 +670,7 @@ def test_automatic_weight_range_follows_this_cpu_and_is_reported(rng: np.random.
 ])
 def test_kernel_deviation_hint_names_saturation_only_where_it_can_happen(
         cpu: tuple, reduce_range: bool, saturation: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    import passes.int8 as int8_module
+    import passes.int8.int8 as int8_module
     from onnxopt.hardware import CpuInfo
 
     monkeypatch.setattr(int8_module, "cpu_info", lambda: CpuInfo(cpu[0], "test", cpu[1], None))

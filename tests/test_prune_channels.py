@@ -21,8 +21,8 @@ from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
 from onnxopt.pass_base import PassContext
 from onnxopt.stats import model_stats
-from passes._prune_threshold import adaptive_threshold
-from passes.prune_channels import PruneChannels
+from passes.pruning.threshold import adaptive_threshold
+from passes.pruning import PruneChannels
 
 
 class Net:

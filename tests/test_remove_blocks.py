@@ -18,7 +18,7 @@ from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
 from onnxopt.pass_base import PassContext
 from onnxopt.stats import model_stats
-from passes.remove_blocks import RemoveBlocks
+from passes.pruning import RemoveBlocks
 
 # block 1: x -> w1a -> Relu -> w1b, y1 = x + f1; block 2 likewise on z1 with the weights given
 TWO_BLOCKS = """

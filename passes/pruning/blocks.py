@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes._prune_consts import Names, producer, read
-from passes._prune_threshold import adaptive_threshold
+from passes.pruning.consts import Names, producer, read
+from passes.pruning.threshold import adaptive_threshold
 
 
 @dataclass

@@ -6,18 +6,18 @@ it keeps its accuracy. What the pass guarantees, and how:
 - *Types from the schemas.* Each node's tensors are grouped by the schema type they are bound to
   (``onnx.defs.get_schema`` type constraints); only groups whose constraint allows
   ``tensor(float16)`` are converted, so Resize ``scales``, shapes and indices never are
-  (``passes._fp16_schema``). Initializers, Constant nodes, value types, Cast ``to``,
+  (``passes.fp16.schema``). Initializers, Constant nodes, value types, Cast ``to``,
   ConstantOfShape ``value`` and ``dtype`` attributes follow; If/Loop/Scan bodies are converted
-  inside float32 boundaries (``passes._fp16_convert``).
+  inside float32 boundaries (``passes.fp16.convert``).
 - *Loads on the target provider.* For every node signature the pass would create, a one-node model
   is loaded in onnxruntime on ``ctx.providers[0]``; a node without a float16 kernel stays float32
-  (``passes._fp16_probe`` says exactly how, and why CPU kernels that onnxruntime emulates with
+  (``passes.fp16.probe`` says exactly how, and why CPU kernels that onnxruntime emulates with
   Casts are still converted).
 - *No overflow.* Initializers are clamped to ±65504 and non-zero values below the smallest
   subnormal raised to it, counted in the report. With calibration data (optional), a node whose
   float32 inputs or outputs exceed ``max_abs_activation`` stays float32, and so does a node whose
   float16 output error exceeds its inputs' by more than ``max_node_error`` (automatic mixed
-  precision, measured and refined over up to four rounds, ``passes._fp16_calib``); every such node
+  precision, measured and refined over up to four rounds, ``passes.fp16.calib``); every such node
   is reported with its number.
 - *Refuses what it would break.* ``requires`` rejects a model that is already quantized (Q/DQ or
   integer ops: Casts after DequantizeLinear stop onnxruntime's integer fusion), block-list entries
@@ -44,11 +44,11 @@ from onnxopt.graph import export, subgraphs
 from onnxopt.ops import is_quantized_op
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import unknown_entries
-from passes._fp16_calib import Limits, Runner, calibration_blocks
-from passes._fp16_convert import FP16_MAX, Converter, Options, Outcome, float32_tensors, opset_map
-from passes._fp16_probe import KernelProbe
-from passes._fp16_schema import Types, apply_types, inferred_types
-from passes.fold_batchnorm import FoldBatchNorm
+from passes.fp16.calib import Limits, Runner, calibration_blocks
+from passes.fp16.convert import FP16_MAX, Converter, Options, Outcome, float32_tensors, opset_map
+from passes.fp16.probe import KernelProbe
+from passes.fp16.schema import Types, apply_types, inferred_types
+from passes.canonical import FoldBatchNorm
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from onnxopt.graph import FreshNames, constant_value, default_opset
 from onnxopt.errors import PreconditionError
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import require_known
-from passes._canonical_util import all_graphs, node_label, owns
+from passes.canonical.util import all_graphs, node_label, owns
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import export, subgraphs
-from passes._prune_consts import shape as const_shape
+from passes.pruning.consts import shape as const_shape
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def inferred_shapes(graph: gs.Graph) -> dict[str, list[int | None]]:
 
 def analyse(graph: gs.Graph) -> ChannelGraph:
     """Analyse ``graph`` (toposorted in place) and return its channel groups."""
-    from passes._channel_rules import visit  # the rules import this module's types
+    from passes.pruning.channel_rules import visit  # the rules import this module's types
 
     graph.toposort()
     cg = ChannelGraph(graph)

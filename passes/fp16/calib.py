@@ -42,7 +42,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.data import DataSource
 from onnxopt.graph import FreshNames, export, import_graph, subgraphs
 from onnxopt.runtime import iter_activations, make_session
-from passes._fp16_convert import F16, F32, node_key, node_label
+from passes.fp16.convert import F16, F32, node_key, node_label
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.calibration import QParams, qparams_from_range, quantize_weight
 from onnxopt.graph import FreshNames, constant_value
-from passes._int8_plan import Plan
+from passes.int8.plan import Plan
 
 logger = logging.getLogger(__name__)
 

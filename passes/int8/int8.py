@@ -29,17 +29,17 @@ from onnxopt.errors import PreconditionError
 from onnxopt.graph import copy_graph, default_opset, export, import_graph, replace_contents
 from onnxopt.hardware import cpu_info
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
-from passes._int8_emit import EmitResult, apply_plan
-from passes._int8_measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
+from passes.int8.emit import EmitResult, apply_plan
+from passes.int8.measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
                                   measure_budget)
-from passes._int8_plan import COVERED_OPS, Plan, PlanSettings, candidate_tensors, make_plan
-from passes._int8_prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
+from passes.int8.plan import COVERED_OPS, Plan, PlanSettings, candidate_tensors, make_plan
+from passes.int8.prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
                                   constant_types, conv_add_to_bias, conv_mul_to_weight, has_foldable_nodes,
                                   infer_types, matmul_add_to_gemm, name_nodes, strip_qdq, sum_to_add,
                                   unique_names, upgrade_opset)
 from onnxopt.settings_check import require_known
-from passes.fold_batchnorm import FoldBatchNorm
-from passes.fold_constants import ConstantFolding
+from passes.canonical import FoldBatchNorm
+from passes.canonical import ConstantFolding
 
 logger = logging.getLogger(__name__)
 

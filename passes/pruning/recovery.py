@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes._channel_groups import ChannelGraph, ConstSlice, Weighted, node_name
-from passes._prune_consts import Names, producer, read, replace, require, uniform
-from passes._prune_consts import shape as const_shape
+from passes.pruning.channel_groups import ChannelGraph, ConstSlice, Weighted, node_name
+from passes.pruning.consts import Names, producer, read, replace, require, uniform
+from passes.pruning.consts import shape as const_shape
 
 logger = logging.getLogger(__name__)
 

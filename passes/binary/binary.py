@@ -3,8 +3,8 @@
 Each selected Conv/Gemm/MatMul weight becomes ``W ≈ alpha · sign(W)`` per output channel (or two
 bit-planes, ``alpha1·B1 + alpha2·B2``, with ``bits=2``). The signs are packed 8 per byte into a
 uint8 initializer and the scales stored once per channel, by default as uint8 log-scale codes
-(``passes._binary_alpha``). A subgraph of standard ops rebuilds the float weights, so any
-onnxruntime loads and runs the model unchanged (``passes._binary_pack``): one
+(``passes.binary.alpha``). A subgraph of standard ops rebuilds the float weights, so any
+onnxruntime loads and runs the model unchanged (``passes.binary.pack``): one
 BitShift/Cast/Where/Split chain per model decodes the bits of every packed layer, then per layer a
 Reshape and a Mul apply the scales (Cast, Pow and Mul decode uint8 codes first). Bit order:
 little-endian within a byte, bit ``j`` of byte ``i`` holds the sign of flat element ``8*i + j`` of
@@ -20,11 +20,11 @@ the unpacking subgraphs when a session starts (measured,
 it is smaller on disk and in transit, not faster.
 
 With calibration data the signs and scales are refitted layer by layer in graph order by the
-alternating update (``passes._binary_refit``): each layer's input comes from the already binarised
+alternating update (``passes.binary.refit``): each layer's input comes from the already binarised
 model and its output is matched to the float model's. Without calibration data the scales are the
 plain ``alpha = mean |W|``. The first and last compute layers stay float by default, as in the
 source. ``hwgq=True`` adds the source's 2-bit activation quantizer after BatchNormalization+Relu.
-``onnxopt unpack`` (``passes.unpack``) turns the packed model back into a plain float one.
+``onnxopt unpack`` (``passes.binary.unpack``) turns the packed model back into a plain float one.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from onnxopt.errors import PreconditionError
 from onnxopt.graph import constant_bytes, default_opset, export, subgraphs
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import require_known
-from passes import _binary_hwgq as hwgq
-from passes._binary_alpha import AlphaDtype, ScaleFormat
-from passes._binary_layers import SUPPORTED_OPS, WeightLayer, select_layers
-from passes._binary_pack import BIT_ORDER, MIN_OPSET, UnpackBuilder, unpack_nodes_left_by_onnxruntime
-from passes._binary_refit import Planes, Refitter, plain_planes
+from passes.binary import hwgq
+from passes.binary.alpha import AlphaDtype, ScaleFormat
+from passes.binary.layers import SUPPORTED_OPS, WeightLayer, select_layers
+from passes.binary.pack import BIT_ORDER, MIN_OPSET, UnpackBuilder, unpack_nodes_left_by_onnxruntime
+from passes.binary.refit import Planes, Refitter, plain_planes
 
 logger = logging.getLogger(__name__)
 

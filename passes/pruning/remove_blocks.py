@@ -27,11 +27,11 @@ from onnxopt.errors import PreconditionError
 from onnxopt.graph import export, import_graph
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.runtime import iter_activations
-from passes._channel_groups import analyse, inferred_shapes, node_name
-from passes._prune_blocks import Block, conv_sparsity, find_blocks, remove
-from passes._prune_consts import Names
+from passes.pruning.channel_groups import analyse, inferred_shapes, node_name
+from passes.pruning.blocks import Block, conv_sparsity, find_blocks, remove
+from passes.pruning.consts import Names
 from onnxopt.settings_check import require_known
-from passes._prune_recovery import ConstantChannels
+from passes.pruning.recovery import ConstantChannels
 
 logger = logging.getLogger(__name__)
 

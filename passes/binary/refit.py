@@ -12,7 +12,7 @@ patches at that layer and ``Y = X · W_fᵀ`` the float model's output there, it
 and the signs (cyclic coordinate descent with the scales fixed: each weight takes the level nearest
 to its unconstrained optimum). Both steps are exact minimisations, so the objective never rises.
 The last scale solve is followed by putting the scales in their stored form (float16, or uint8 log
-codes: ``passes._binary_alpha``) and one more sign sweep with them fixed, so the errors reported
+codes: ``passes.binary.alpha``) and one more sign sweep with them fixed, so the errors reported
 are those of the weights the model stores.
 A ridge term ``λ‖Ŵ − W_f‖²`` (``λ = ridge · trace(G) / K``) keeps the fit well posed when the
 calibration set has fewer rows than ``K``; its weight is chosen per layer on held-out calibration
@@ -32,8 +32,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxopt.runtime import iter_activations
-from passes._binary_alpha import LogCodes, ScaleFormat
-from passes._binary_layers import WeightLayer
+from passes.binary.alpha import LogCodes, ScaleFormat
+from passes.binary.layers import WeightLayer
 
 if TYPE_CHECKING:
     from onnxopt.data import DataSource

@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from passes._channel_groups import Group
-from passes._prune_importance import GroupScores
+from passes.pruning.channel_groups import Group
+from passes.pruning.importance import GroupScores
 
 BIN_WIDTH = 0.01
 #: in a polarised histogram the lower mode's peak lies below this fraction of the upper mode's

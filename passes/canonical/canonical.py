@@ -1,7 +1,7 @@
 """Canonicalisation: shape inference, Identity/Dropout removal and dead-node cleanup.
 
 These passes tidy a graph before (and after) the compressing passes; constant folding and
-BatchNormalization folding live in ``passes.fold_constants`` and ``passes.fold_batchnorm``. All
+BatchNormalization folding live in ``passes.canonical.fold_constants`` and ``passes.canonical.fold_batchnorm``. All
 are lossless. Every pass walks If/Loop bodies too, and every node it leaves alone gets a reason in
 the report.
 """
@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.graph import constant_value, default_opset, rewire
 from onnxopt.pass_base import Pass, PassContext, PassReport
-from passes._canonical_util import (
+from passes.canonical.util import (
     INFERENCE_FAILURES,
     all_graphs,
     all_nodes,

@@ -19,8 +19,8 @@ from onnxopt.calibration import Observer, QParams, make_observer
 from onnxopt.data import Batch, DataSource
 from onnxopt.graph import export, import_graph
 from onnxopt.runtime import iter_activations, make_session
-from passes._int8_emit import Emitter, weight_floors
-from passes._int8_plan import COMPUTE_OPS, Plan
+from passes.int8.emit import Emitter, weight_floors
+from passes.int8.plan import COMPUTE_OPS, Plan
 from onnxopt.ops import INTEGER_OPS
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ and per layer, with weight ``<w>`` (``lead`` = ``[2]`` for 2-bit layers, nothing
     <w>/b.s = Reshape(<w>/b, lead + W.shape)          # the shape tensor is shared by equal shapes
     <w>/a   = scales in T, shape lead + broadcast shape of one plane's scales ([C, 1, 1, 1] for Conv):
               the initializer itself, Cast(<w>/a.float16) when stored as float16, or
-              unit · ratio^codes from uint8 codes (passes._binary_alpha.emit_scales)
+              unit · ratio^codes from uint8 codes (passes.binary.alpha.emit_scales)
     <w>     = <w>/b.s · <w>/a                          # 2-bit: ReduceSum over the plane axis;
                                                        # float16 weights: Cast at the end
 
@@ -47,9 +47,9 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.graph import default_opset
 from onnxopt.runtime import make_session
-from passes._binary_alpha import ScaleFormat, add_node, emit_scales
-from passes._binary_layers import WeightLayer
-from passes._binary_refit import Planes
+from passes.binary.alpha import ScaleFormat, add_node, emit_scales
+from passes.binary.layers import WeightLayer
+from passes.binary.refit import Planes
 
 logger = logging.getLogger(__name__)
 

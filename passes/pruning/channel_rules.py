@@ -16,10 +16,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import default_opset
-from passes import _channel_layers as layers
-from passes._channel_groups import ChannelGraph, ConstSlice, Layout, node_name, present
-from passes._prune_consts import read
-from passes._prune_consts import shape as const_shape
+from passes.pruning import channel_layers as layers
+from passes.pruning.channel_groups import ChannelGraph, ConstSlice, Layout, node_name, present
+from passes.pruning.consts import read
+from passes.pruning.consts import shape as const_shape
 
 Rule = Callable[[ChannelGraph, gs.Node], "str | None"]
 

@@ -24,14 +24,14 @@ import onnx_graphsurgeon as gs
 from onnxopt.errors import PreconditionError
 from onnxopt.graph import export
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
-from passes import _prune_threshold as thresholds
-from passes._channel_groups import ChannelGraph, Group, analyse, node_name, validate
-from passes._prune_consts import Names
-from passes._prune_importance import GroupScores, score_groups
-from passes._prune_lstsq import reconstruct
+from passes.pruning import threshold as thresholds
+from passes.pruning.channel_groups import ChannelGraph, Group, analyse, node_name, validate
+from passes.pruning.consts import Names
+from passes.pruning.importance import GroupScores, score_groups
+from passes.pruning.lstsq import reconstruct
 from onnxopt.settings_check import require_known
-from passes._prune_recovery import fold_constant_channels
-from passes._prune_surgery import apply
+from passes.pruning.recovery import fold_constant_channels
+from passes.pruning.surgery import apply
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes._channel_groups import ChannelGraph, ConstSlice, Layout, Weighted, node_name, present
-from passes._prune_consts import shape as const_shape
+from passes.pruning.channel_groups import ChannelGraph, ConstSlice, Layout, Weighted, node_name, present
+from passes.pruning.consts import shape as const_shape
 
 
 def _per_sample(dims: list[int | None] | None) -> int | None:

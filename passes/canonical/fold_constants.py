@@ -14,7 +14,7 @@ from onnxopt.graph import constant_value, nbytes
 from onnxopt.ops import QDQ_OPS
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.runtime import make_session
-from passes._canonical_util import (
+from passes.canonical.util import (
     INFERENCE_FAILURES,
     STANDARD_DOMAINS,
     all_graphs,

@@ -22,9 +22,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnxopt.data import DataSource
 from onnxopt.graph import export
 from onnxopt.runtime import iter_activations
-from passes._channel_groups import ChannelGraph, ConstSlice, Weighted, node_name
-from passes._prune_consts import Names, read, replace, require
-from passes._prune_recovery import bias_add
+from passes.pruning.channel_groups import ChannelGraph, ConstSlice, Weighted, node_name
+from passes.pruning.consts import Names, read, replace, require
+from passes.pruning.recovery import bias_add
 
 logger = logging.getLogger(__name__)
 

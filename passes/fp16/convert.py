@@ -30,8 +30,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import FreshNames, subgraphs
-from passes._fp16_probe import KernelProbe
-from passes._fp16_schema import bindings, find_schema, has_attribute, node_id
+from passes.fp16.probe import KernelProbe
+from passes.fp16.schema import bindings, find_schema, has_attribute, node_id
 
 logger = logging.getLogger(__name__)
 

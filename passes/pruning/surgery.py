@@ -14,8 +14,8 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes._channel_groups import ChannelGraph
-from passes._prune_consts import Names, read, replace, replace_sliced
+from passes.pruning.channel_groups import ChannelGraph
+from passes.pruning.consts import Names, read, replace, replace_sliced
 
 logger = logging.getLogger(__name__)
 

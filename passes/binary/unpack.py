@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.graph import export
 from onnxopt.pass_base import EXACT, Pass, PassContext, PassReport, Tolerance
 from onnxopt.runtime import make_session
-from passes._binary_pack import UNPACK_OPS
+from passes.binary.pack import UNPACK_OPS
 
 logger = logging.getLogger(__name__)
 

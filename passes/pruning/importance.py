@@ -20,9 +20,9 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
 from onnxopt.runtime import iter_activations
-from passes._channel_groups import ChannelGraph, Group
-from passes._prune_consts import read, uniform
-from passes._prune_consts import shape as const_shape
+from passes.pruning.channel_groups import ChannelGraph, Group
+from passes.pruning.consts import read, uniform
+from passes.pruning.consts import shape as const_shape
 
 logger = logging.getLogger(__name__)
 

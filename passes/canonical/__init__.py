@@ -1,0 +1,28 @@
+"""Canonicalisation family: shape inference, constant folding, identity elimination, BatchNorm folding, cleanup.
+
+The pass classes are resolved on first access, so importing one helper module of the family does not
+import the family's other passes."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "ShapeInference": "passes.canonical.canonical",
+    "EliminateIdentity": "passes.canonical.canonical",
+    "DeadNodeCleanup": "passes.canonical.canonical",
+    "ConstantFolding": "passes.canonical.fold_constants",
+    "FoldBatchNorm": "passes.canonical.fold_batchnorm",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_PUBLIC)
