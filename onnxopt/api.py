@@ -100,7 +100,7 @@ def optimize(
     ctx = PassContext(calibration=calib, seed=seed, providers=tuple(providers), progress=progress)
     result = Pipeline(pass_objs).run(original, ctx)
     report = OptimizeReport(
-        source=source, output=None, passes=result.reports,
+        source=source, output=None, passes=[*result.prelude, *result.reports],
         before=model_stats(original), after=model_stats(result.model),
         calibration=None if calib is None else calib.description,
     )

@@ -110,6 +110,14 @@ class Pass:
     lossy: ClassVar[bool] = False
     idempotent: ClassVar[bool] = True
     tolerance: ClassVar[Tolerance] = EXACT
+    #: works on float32 weights and activations only: the pipeline converts a float16 model to float32
+    #: first (the ``fp32`` pass) and says so in its report
+    needs_float32: ClassVar[bool] = False
+
+    def min_opset(self) -> int:
+        """The default-domain opset this pass needs with its settings; the pipeline upgrades an older
+        model to it with onnx's version converter before any pass runs (``onnxopt.opset``)."""
+        return 1
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """Raise ``PreconditionError`` with the reason when the pass cannot apply."""

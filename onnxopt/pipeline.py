@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -10,9 +11,11 @@ from typing import Sequence
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt.data_source import input_specs
 from onnxopt.errors import PostconditionError, PreconditionError
 from onnxopt.graph import export, import_graph
 from onnxopt.pass_base import Pass, PassContext, PassReport, check_io_kept
+from onnxopt.prelude import RetypedSource, float32_first, float32_note, upgrade_for
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +24,8 @@ logger = logging.getLogger(__name__)
 class PipelineResult:
     model: onnx.ModelProto
     reports: list[PassReport] = field(default_factory=list)
+    #: what the pipeline did on its own first (opset upgrade, fp32): ``onnxopt.prelude``
+    prelude: list[PassReport] = field(default_factory=list)
 
 
 @dataclass
@@ -35,12 +40,15 @@ class Pipeline:
             if p.needs_calibration and ctx.calibration is None:
                 raise PreconditionError(
                     f"pass '{p.name}' needs calibration data; give --calib (CLI) or calibration= (API)")
+        model, upgraded = upgrade_for(model, self.passes)
+        prelude = [upgraded] if upgraded is not None else []
+        fp32 = float32_first(model, self.passes)
         graph = import_graph(model)
         input_names = [t.name for t in graph.inputs]
         output_names = [t.name for t in graph.outputs]
         reports = []
         exported = None
-        for p in self.passes:
+        for p in ([fp32] if fp32 is not None else []) + list(self.passes):
             exported = None  # the previous pass's export is not the result: let it go before this pass runs
             logger.info("running %s", p.describe())
             p.requires(graph, ctx)
@@ -55,8 +63,14 @@ class Pipeline:
             exported = _checked_export(graph, model, p.name)
             logger.info("%s: %d change(s), +%d/-%d nodes", p.name, report.changes,
                         report.nodes_added, report.nodes_removed)
-            reports.append(report)
-        return PipelineResult(exported if exported is not None else export(graph, model), reports)
+            if p is fp32:
+                report.notes.insert(0, float32_note(self.passes))
+                prelude.append(report)
+                if ctx.calibration is not None:  # calibration data stays float16: cast it for the float32 model
+                    ctx = dataclasses.replace(ctx, calibration=RetypedSource(ctx.calibration, input_specs(exported)))
+            else:
+                reports.append(report)
+        return PipelineResult(exported if exported is not None else export(graph, model), reports, prelude)
 
 
 def _histogram(graph: gs.Graph) -> Counter[str]:

@@ -16,7 +16,7 @@ def _builtin_passes() -> tuple[type[Pass], ...]:
     from passes.binary import BinaryWeights, UnpackBinary
     from passes.canonical import (ConstantFolding, DeadNodeCleanup, EliminateIdentity, FoldBatchNorm,
                                   ShapeInference)
-    from passes.fp16 import Fp16
+    from passes.fp16 import Fp16, Fp32
     from passes.int8 import Int8
     from passes.pruning import PruneChannels, RemoveBlocks
 
@@ -29,6 +29,7 @@ def _builtin_passes() -> tuple[type[Pass], ...]:
         DeadNodeCleanup,
         # precision
         Fp16,
+        Fp32,
         Int8,
         # structure
         PruneChannels,

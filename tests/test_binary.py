@@ -12,6 +12,7 @@ from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
 from onnxopt.graph import import_graph
 from onnxopt.pass_base import PassContext, PassReport
+from onnxopt.pipeline import Pipeline
 from passes.binary.alpha import LEVELS, ScaleFormat, decode_log, encode_log
 from passes.binary.hwgq import lloyd_uniform_step
 from passes.binary.layers import select_layers
@@ -486,7 +487,7 @@ def test_second_run_changes_nothing(rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize(("settings", "opset", "match"), [
-    ({"bits": 3}, 17, "bits=3"), ({}, 10, "opset 10"), ({"op_types": ("Relu",)}, 17, "cannot binarise Relu"),
+    ({"bits": 3}, 17, "bits=3"), ({"op_types": ("Relu",)}, 17, "cannot binarise Relu"),
     ({"alpha_dtype": "int4"}, 17, "alpha_dtype='int4'"),
     ({"exclude_nodes": ("conv4",)}, 17, r"exclude_nodes: 'conv4' \(did you mean 'conv.'\?\) not found")])
 def test_preconditions(rng: np.random.Generator, settings: dict[str, object], opset: int, match: str) -> None:
@@ -496,6 +497,18 @@ def test_preconditions(rng: np.random.Generator, settings: dict[str, object], op
     # execute / assert
     with pytest.raises(PreconditionError, match=match):
         apply_pass(BinaryWeights(**settings), model)
+
+
+def test_old_opset_is_upgraded_for_packing(rng: np.random.Generator) -> None:
+    # setup: BitShift needs opset 11; an opset-9 export is converted, not refused
+    model = _cnn(rng)
+    model.opset_import[0].version = 9  # relabelled: the CNN's ops read the same at opset 9
+    # execute
+    result = Pipeline([BinaryWeights(min_weights=0)]).run(model)
+    # assert
+    assert result.model.opset_import[0].version == 11 and result.reports[0].modified
+    assert [r.pass_name for r in result.prelude] == ["opset-upgrade"]
+    assert result.prelude[0].details == {"from": 9, "to": 11, "for": "binary"}
 
 
 def test_unpack_leaves_a_float_model_alone(rng: np.random.Generator) -> None:

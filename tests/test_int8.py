@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
 from onnxopt.pass_base import PassContext
+from onnxopt.pipeline import Pipeline
 from onnxopt.runtime import make_session
 from passes.int8 import Int8
 
@@ -505,53 +506,35 @@ def _one_conv(rng: np.random.Generator, opset: int) -> onnx.ModelProto:
     return _model(nodes, {"w": rng.standard_normal((2, 3, 1, 1))}, ["N", 3, 2, 2], ["N", 2, 2, 2], opset=opset)
 
 
-def test_old_opset_is_refused_for_per_channel_unless_upgraded(rng: np.random.Generator) -> None:
-    # setup
-    model = _one_conv(rng, opset=11)
-    ctx = _ctx(model, rng.standard_normal((4, 3, 2, 2)).astype(np.float32))
-    # execute / assert
-    with pytest.raises(PreconditionError, match="needs opset >= 13, the model has opset 11; give upgrade_opset=true"
-                                                ".*, or per_channel=false"):
-        apply_pass(Int8(), model, ctx)
-    per_tensor, _ = apply_pass(Int8(per_channel=False), model, ctx)
-    upgraded, report = apply_pass(Int8(upgrade_opset=True), model, ctx)
-    assert per_tensor.opset_import[0].version == 11 and upgraded.opset_import[0].version == 13
-    assert "opset upgraded from 11 to 13" in report.notes[0]
-    assert report.details["prepared"]["opset"] == {"from": 11, "to": 13}
-
-
-@pytest.mark.parametrize("per_channel", [True, False])
-def test_opset_below_10_is_only_offered_the_upgrade(per_channel: bool, rng: np.random.Generator) -> None:
-    # setup: QuantizeLinear does not exist before opset 10, so per_channel=false is no way out
-    model = _one_conv(rng, opset=9)
+@pytest.mark.parametrize(("per_channel", "opset", "target"), [(True, 11, 13), (True, 9, 13), (False, 9, 10)])
+def test_old_opset_is_upgraded_up_front(per_channel: bool, opset: int, target: int, rng: np.random.Generator) -> None:
+    # setup: QuantizeLinear exists from opset 10, its per-channel axis from 13
+    model = _one_conv(rng, opset=opset)
     ctx = _ctx(model, rng.standard_normal((4, 3, 2, 2)).astype(np.float32))
     # execute
-    with pytest.raises(PreconditionError, match="the model has opset 9; give upgrade_opset=true") as refused:
-        apply_pass(Int8(per_channel=per_channel), model, ctx)
-    upgraded, report = apply_pass(Int8(per_channel=per_channel, upgrade_opset=True), model, ctx)
+    result = Pipeline([Int8(per_channel=per_channel)]).run(model, ctx)
     # assert
-    assert "per_channel=false" not in str(refused.value)
-    target = 13 if per_channel else 10
-    assert upgraded.opset_import[0].version == target
-    assert report.details["prepared"]["opset"] == {"from": 9, "to": target} and report.changes == 1
+    assert result.model.opset_import[0].version == target and result.reports[0].modified
+    assert result.prelude[0].details == {"from": opset, "to": target, "for": "int8"}
+    assert result.prelude[0].notes == [f"opset upgraded from {opset} to {target} with the onnx version converter "
+                                       f"(int8 needs opset >= {target})"]
 
 
-def test_upgrade_without_anything_to_quantize_leaves_the_model_unchanged(rng: np.random.Generator) -> None:
-    # setup: a float16 model at opset 9 with unnamed nodes (nothing float32 to quantize)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]), helper.make_node("Relu", ["c"], ["y"])]
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 3, 2, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 2, 2, 2])],
-                              [numpy_helper.from_array(rng.standard_normal((2, 3, 1, 1)).astype(np.float16), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
-    model.ir_version = 8
-    x = rng.standard_normal((4, 3, 2, 2)).astype(np.float16)
+def test_nothing_to_quantize_leaves_the_model_unprepared(rng: np.random.Generator) -> None:
+    # setup: integer compute only, with unnamed nodes (nothing float32 to quantize)
+    nodes = [helper.make_node("Add", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.INT32, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, ["N", 3])],
+                              [numpy_helper.from_array(np.arange(3, dtype=np.int32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.arange(12, dtype=np.int32).reshape(4, 3) - 6
     # execute
-    out, report = apply_pass(Int8(upgrade_opset=True), model, _ctx(model, x))
-    # assert: not upgraded, not renamed, not prepared, and said so
-    assert out.opset_import[0].version == 9 and [n.name for n in out.graph.node] == ["", ""]
-    assert op_counts(out) == {"Conv": 1, "Relu": 1} and not report.modified and report.details == {}
+    out, report = apply_pass(Int8(), model, _ctx(model, x))
+    # assert: not renamed, not prepared, and said so
+    assert [n.name for n in out.graph.node] == ["", ""]
+    assert op_counts(out) == {"Add": 1, "Relu": 1} and not report.modified and report.details == {}
     assert report.notes == ["no float32 Conv/ConvTranspose/Gemm/MatMul layer can be quantized; model left unchanged "
-                            "(not prepared, opset not upgraded)"]
+                            "(not prepared)"]
     np.testing.assert_array_equal(run_model(out, {"x": x})[0], run_model(model, {"x": x})[0])
 
 

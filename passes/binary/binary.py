@@ -39,7 +39,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import constant_bytes, default_opset, export, subgraphs
+from onnxopt.graph import constant_bytes, export, subgraphs
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import require_known
 from passes.binary import hwgq
@@ -100,6 +100,10 @@ class BinaryWeights(Pass):
     check_folding: bool = field(default=True, metadata={
         "help": "measure whether onnxruntime folds the unpacking subgraphs at session start"})
 
+    def min_opset(self) -> int:
+        """Packing decodes with BitShift (opset 11); HWGQ gives Clip its bounds as inputs (opset 11)."""
+        return max(MIN_OPSET if self.pack else 1, hwgq.MIN_OPSET if self.hwgq else 1)
+
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         if self.bits not in (1, 2):
             raise PreconditionError(f"binary: bits={self.bits}; choose 1 or 2")
@@ -114,13 +118,6 @@ class BinaryWeights(Pass):
             raise PreconditionError("binary: refit_iterations and refit_rows must be >= 1, refit_ridge non-empty and >= 0")
         require_known("binary", "exclude_nodes", self.exclude_nodes,
                       [n.name for g in [graph, *subgraphs(graph)] for n in g.nodes if n.name], "node names of the model")
-        opset = default_opset(graph)
-        needed = max(MIN_OPSET if self.pack else 0, hwgq.MIN_OPSET if self.hwgq else 0)
-        if opset < needed:
-            raise PreconditionError(
-                f"binary: the model imports opset {opset}, packing needs opset >= {needed} (BitShift"
-                f"{', Clip inputs' if self.hwgq else ''}); convert it first, e.g. "
-                f"onnx.version_converter.convert_version(model, 13), or use pack=false")
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         report = PassReport(self.name)

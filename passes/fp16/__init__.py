@@ -1,4 +1,5 @@
-"""fp16 family: float32 → float16 conversion with a range guard, kernel probe and mixed precision.
+"""fp16 family: float32 → float16 conversion with a range guard, kernel probe and mixed precision, and
+its lossless inverse ``fp32`` for float16 exports.
 
 The pass classes are resolved on first access, so importing one helper module of the family does not
 import the family's other passes."""
@@ -10,6 +11,7 @@ from typing import Any
 
 _PUBLIC = {
     "Fp16": "passes.fp16.fp16",
+    "Fp32": "passes.fp16.fp32",
 }
 
 

@@ -26,17 +26,17 @@ import onnx_graphsurgeon as gs
 from onnxopt.calibration import Method, Observer, QParams, qparams_from_range
 from onnxopt.data import DataSource
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import copy_graph, default_opset, export, import_graph, replace_contents
+from onnxopt.graph import copy_graph, export, import_graph, replace_contents
 from onnxopt.hardware import cpu_info
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from passes.int8.emit import EmitResult, apply_plan
 from passes.int8.measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
                                   measure_budget)
 from passes.int8.plan import COVERED_OPS, Plan, PlanSettings, candidate_tensors, make_plan
-from passes.int8.prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
+from passes.int8.prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized,
                                   constant_types, conv_add_to_bias, conv_mul_to_weight, has_foldable_nodes,
                                   infer_types, matmul_add_to_gemm, name_nodes, strip_qdq, sum_to_add,
-                                  unique_names, upgrade_opset)
+                                  unique_names)
 from onnxopt.settings_check import require_known
 from passes.canonical import FoldBatchNorm
 from passes.canonical import ConstantFolding
@@ -60,6 +60,7 @@ class Int8(Pass):
     # Outputs move by up to a few quantization steps, so no elementwise bound holds; top-1 agreement
     # with float stays >= 0.95 on small classifiers calibrated with a few hundred samples.
     tolerance: ClassVar[Tolerance] = Tolerance(rtol=math.inf, atol=math.inf, min_agreement=0.95)
+    needs_float32: ClassVar[bool] = True
 
     method: Method = field(default="minmax", metadata={
         "help": "activation range: minmax, percentile, entropy (KL) or mse (least expected squared error)"})
@@ -91,9 +92,9 @@ class Int8(Pass):
                 "(what onnxruntime's quant_pre_process does), so layers quantize whole"})
     requantize: bool = field(default=False, metadata={
         "help": "accept a QDQ model: strip its Q/DQ pairs and quantize again"})
-    upgrade_opset: bool = field(default=False, metadata={
-        "help": f"convert older models to opset {PER_CHANNEL_OPSET} ({QDQ_OPSET} with per_channel=false) with the "
-                "onnx version converter; only a model that gets quantized is converted"})
+    def min_opset(self) -> int:
+        """QuantizeLinear/DequantizeLinear exist from opset 10, their per-channel ``axis`` from 13."""
+        return PER_CHANNEL_OPSET if self.per_channel else QDQ_OPSET
 
     @property
     def symmetric(self) -> bool:
@@ -113,7 +114,6 @@ class Int8(Pass):
         require_known(self.name, "exclude_ops", self.exclude_ops,
                       sorted({n.op for n in graph.nodes} | COVERED_OPS), "op types in the model or quantized by int8")
         check_not_quantized(graph, self.requantize)
-        check_opset(graph, self.per_channel, self.upgrade_opset)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         self._reduce, why = self._resolve_reduce_range(ctx)
@@ -135,7 +135,7 @@ class Int8(Pass):
         if not plan.layers:
             report = PassReport(self.name, notes=[
                 "no float32 Conv/ConvTranspose/Gemm/MatMul layer can be quantized; model left unchanged "
-                "(not prepared, opset not upgraded)"])
+                "(not prepared)"])
             _add_skips(report, plan)
             return report
         if ctx.calibration is None:
@@ -170,12 +170,6 @@ class Int8(Pass):
                  report: PassReport) -> tuple[dict[str, np.dtype | None], dict[str, tuple[int | None, ...]]]:
         """Make ``graph`` ready to quantize; returns the element type and shape of each tensor."""
         prepared: dict[str, Any] = {}
-        if self.upgrade_opset:
-            before = default_opset(graph)
-            note = upgrade_opset(graph, PER_CHANNEL_OPSET if self.per_channel else QDQ_OPSET)
-            if note:
-                report.notes.append(note)
-                prepared["opset"] = {"from": before, "to": default_opset(graph)}
         report.details["prepared"] = prepared
         if self.requantize and any(n.op == "DequantizeLinear" for n in graph.nodes):
             report.notes.append(f"requantize: removed {strip_qdq(graph)} Q/DQ pair(s) of the input model")

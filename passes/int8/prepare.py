@@ -1,5 +1,5 @@
 """Getting a graph ready for the int8 pass: detect earlier quantization (and strip QDQ pairs when
-asked to requantize), upgrade the opset, give every node a unique name, read element types."""
+asked to requantize), give every node a unique name, read element types."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import (FreshNames, constant_value, default_opset, export, import_graph, inference_probe,
-                           replace_contents)
+from onnxopt.graph import FreshNames, constant_value, inference_probe
 from onnxopt.ops import INTEGER_OPS, QDQ_OPS
 
 logger = logging.getLogger(__name__)
 
-#: the opset that gives QuantizeLinear/DequantizeLinear their per-channel ``axis``
+#: the opset that gives QuantizeLinear/DequantizeLinear their per-channel ``axis`` (``Int8.min_opset``)
 PER_CHANNEL_OPSET = 13
 QDQ_OPSET = 10
 
@@ -42,36 +41,6 @@ def check_not_quantized(graph: gs.Graph, requantize: bool) -> None:
         raise PreconditionError(
             f"the model is already quantized ({listing}); start from the float model, or give "
             "requantize=true to strip its Q/DQ pairs and quantize again")
-
-
-def check_opset(graph: gs.Graph, per_channel: bool, upgrade: bool) -> None:
-    """QuantizeLinear/DequantizeLinear exist from opset 10, their per-channel ``axis`` from 13."""
-    needed = PER_CHANNEL_OPSET if per_channel else QDQ_OPSET
-    opset = default_opset(graph)
-    if opset >= needed or upgrade:
-        return
-    what = "per-channel int8 (QuantizeLinear axis)" if per_channel else "QuantizeLinear/DequantizeLinear"
-    per_tensor = (f", or per_channel=false (one scale per weight tensor, opset >= {QDQ_OPSET})"
-                  if per_channel and opset >= QDQ_OPSET else "")
-    raise PreconditionError(
-        f"{what} needs opset >= {needed}, the model has opset {opset}; give upgrade_opset=true to convert "
-        f"it with the onnx version converter{per_tensor}")
-
-
-def upgrade_opset(graph: gs.Graph, version: int) -> str | None:
-    """Convert the graph to ``version`` with onnx's version converter; a note when it did."""
-    opset = default_opset(graph)
-    if opset >= version:
-        return None
-    model = export(graph)
-    model.ir_version = max(model.ir_version, 4)  # initializers need not be graph inputs from IR 4 on
-    try:
-        converted = onnx.version_converter.convert_version(model, version)
-    except (onnx.version_converter.ConvertError, RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PreconditionError(f"the onnx version converter cannot take opset {opset} to {version}: {first}") from exc
-    replace_contents(graph, import_graph(converted))
-    return f"opset upgraded from {opset} to {version} with the onnx version converter"
 
 
 def strip_qdq(graph: gs.Graph) -> int:

@@ -51,6 +51,7 @@ class PruneChannels(Pass):
     # No elementwise bound (pruning changes outputs by design); at the default settings the
     # bundled models keep >= 97% top-1 agreement (tests/test_contract.py, docs/BENCHMARKS.md).
     tolerance: ClassVar[Tolerance] = Tolerance(rtol=math.inf, atol=math.inf, min_agreement=0.97)
+    needs_float32: ClassVar[bool] = True
 
     importance: Literal["bn", "l1", "l2", "activation"] = field(default="bn", metadata={
         "help": "channel score: BatchNormalization |gamma| (L1 where a group has none), filter L1/L2 "

@@ -47,6 +47,7 @@ class RemoveBlocks(Pass):
     idempotent: ClassVar[bool] = False  # with count > 0 every run removes more blocks
     # No elementwise bound; the default (threshold 0, count 0) removes only blocks that are dead.
     tolerance: ClassVar[Tolerance] = Tolerance(rtol=math.inf, atol=math.inf, min_agreement=0.97)
+    needs_float32: ClassVar[bool] = True
 
     count: int = field(default=0, metadata={"help": "remove the N least important blocks"})
     criterion: Literal["sparsity", "sensitivity"] = field(default="sparsity", metadata={
