@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import onnx
 
-from onnxopt.data import DataSource, open_data
-from onnxopt.evaluate import check_measurement, compare
+from onnxopt.data import DEFAULT_DYNAMIC_DIM, DataSource, RandomSource, open_data, sample_shapes
+from onnxopt.evaluate import Comparison, check_measurement, compare
 from onnxopt.graph import initializer_inputs
 from onnxopt.model_io import load_model, save_model
 from onnxopt.pass_base import Pass, PassContext, PassReport
@@ -88,8 +88,9 @@ def optimize(
     if calibration is not None:
         calib = open_data(calibration, original, seed=seed, **options)
     data: DataSource | None = None
-    if evaluation is not None:
-        data = open_data(evaluation, original, seed=seed, **options)
+    if evaluation is not None:  # random data takes dynamic sizes from the calibration data when there is some
+        observed = sample_shapes(calib) if calib is not None else None
+        data = open_data(evaluation, original, seed=seed, observed=observed, **options)
     for source_ in (calib, data):  # bad data must fail before anything is computed or written
         if source_ is not None:
             source_.check()
@@ -106,9 +107,9 @@ def optimize(
     )
     report.warnings.extend(_input_warnings(original, calib, calibration, evaluation))
     if data is not None:  # measured before writing: a failed measurement leaves nothing behind
-        report.comparison = compare(
-            original, result.model, data, providers=providers, threads=threads, batch_size=batch_size,
-            latency_runs=latency_runs, progress=progress)
+        report.comparison = _compare(original, result.model, data, report.warnings, providers=providers,
+                                     threads=threads, batch_size=batch_size, latency_runs=latency_runs,
+                                     progress=progress)
     if output is not None:
         input_path = None if isinstance(model, onnx.ModelProto) else Path(model)
         report.output = str(save_model(result.model, output, input_path=input_path))
@@ -116,6 +117,25 @@ def optimize(
         report.comparison.model_a = f"{source} (original)"
         report.comparison.model_b = f"{report.output} (optimized)" if report.output else "optimized model (not saved)"
     return OptimizeResult(result.model, report)
+
+
+def _compare(original: onnx.ModelProto, optimized: onnx.ModelProto, data: DataSource, warnings: list[str],
+             **kwargs: Any) -> Comparison | None:
+    """The comparison on ``data``. On random data (the default, which only measures latency and
+    structure) a failure is a warning, not a reason to withhold a model that passed its checks."""
+    if isinstance(data, RandomSource) and data.assumed:
+        warnings.append(f"random data: {', '.join(data.assumed)} sized {DEFAULT_DYNAMIC_DIM} by default; give "
+                        "--dim NAME=N (dim_values) or calibration data to measure at the size you deploy")
+    try:
+        return compare(original, optimized, data, **kwargs)
+    except Exception as exc:  # onnxruntime's run errors have no public type; the message is kept whole
+        if not data.synthetic:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.append(f"the default comparison on random inputs could not run ({first}): no latency or agreement "
+                        "measured; give evaluation data (--eval) or dynamic sizes (--dim NAME=N)")
+        logger.info("comparison skipped", exc_info=True)
+        return None
 
 
 def _input_warnings(model: onnx.ModelProto, calib: DataSource | None, calibration: Any, evaluation: Any) -> list[str]:

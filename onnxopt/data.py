@@ -93,16 +93,26 @@ class IterableSource(DataSource):
         return Batch(inputs, labels)
 
 
+#: the size random data gives a dynamic non-batch dimension that neither ``dim_values`` (``--dim``) nor
+#: calibration data sizes: large enough for a CNN's downsampling (/32 leaves 2), small enough to keep
+#: the comparison quick. The report says where each dynamic size came from.
+DEFAULT_DYNAMIC_DIM = 64
+
+
 class RandomSource(DataSource):
     """Seeded random inputs from the model's input shapes: for latency and structure only.
 
-    Samples are drawn one at a time, so the data does not depend on the batch size; a model with a
-    fixed batch size gets ``samples`` rounded up to a whole number of batches."""
+    Samples are drawn one at a time (the batch axis is 1 per sample), so the data does not depend on
+    the batch size; a model with a fixed batch size gets ``samples`` rounded up to a whole number of
+    batches. A dynamic dimension takes its size from ``dim_values`` (by name), else from ``observed``
+    (per-sample shapes of real data for the same inputs, e.g. the calibration data), else
+    ``DEFAULT_DYNAMIC_DIM``; ``assumed`` lists the sizes that came from the default."""
 
     synthetic = True
 
     def __init__(self, specs: list[InputSpec], samples: int = 64, seed: int = 0,
-                 dim_values: dict[str, int] | None = None) -> None:
+                 dim_values: dict[str, int] | None = None,
+                 observed: Mapping[str, tuple[int, ...]] | None = None) -> None:
         super().__init__(specs)
         if samples < 1:
             raise DataError(f"random data needs at least 1 sample, got {samples}")
@@ -110,8 +120,12 @@ class RandomSource(DataSource):
         self.samples = -(-samples // fixed) * fixed
         self.seed = seed
         self.dim_values = dim_values or {}
+        self.observed = observed or {}
+        self.assumed: list[str] = []
+        self._sized: list[str] = []
         self._shapes = {s.name: [self._dim(s, axis, d) for axis, d in enumerate(s.shape[1:], 1)] for s in specs}
-        self.description = f"random inputs ({self.samples} samples, seed {seed}; latency/structure only)"
+        dims = f"; dynamic dims {', '.join(self._sized)}" if self._sized else ""
+        self.description = f"random inputs ({self.samples} samples, seed {seed}{dims}; latency/structure only)"
 
     @property
     def num_samples(self) -> int:
@@ -128,12 +142,22 @@ class RandomSource(DataSource):
     def _dim(self, spec: InputSpec, axis: int, d: int | str | None) -> int:
         if isinstance(d, int) and d > 0:
             return d
+        seen = self.observed.get(spec.name)
         if isinstance(d, str) and d in self.dim_values:
-            return self.dim_values[d]
-        if isinstance(d, str):
-            raise DataError(f"random data needs a value for the dynamic dimension {d!r} of input '{spec.name}'; "
-                            f"give it with --dim {d}=N")
-        raise DataError(f"random data cannot size axis {axis} of input '{spec.name}': it is dynamic and unnamed")
+            size, where = self.dim_values[d], "given"
+        elif seen is not None and len(seen) == len(spec.shape) - 1:
+            size, where = seen[axis - 1], "as in the calibration data"
+        else:
+            size, where = DEFAULT_DYNAMIC_DIM, "default"
+            self.assumed.append(f"{d!r} of input '{spec.name}'" if d else f"axis {axis} of input '{spec.name}'")
+        self._sized.append(f"{spec.name}[{axis}]={size} ({where})")
+        return size
+
+
+def sample_shapes(source: DataSource) -> dict[str, tuple[int, ...]]:
+    """The per-sample shape of each input in the first chunk of ``source`` (the batch axis left out)."""
+    first = next(source._validated(), None)
+    return {} if first is None else {k: tuple(v.shape[1:]) for k, v in first.inputs.items() if np.ndim(v)}
 
 
 def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: list[int]) -> np.ndarray:
@@ -155,11 +179,13 @@ FORMATS = ("an .npz or .npy file, a folder of .npy files, test_data_set_* folder
 
 
 def open_data(source: Any, model: onnx.ModelProto, *, seed: int = 0, samples: int = 64,
-              dim_values: dict[str, int] | None = None, preprocess: ImagePreprocess | None = None) -> DataSource:
+              dim_values: dict[str, int] | None = None, preprocess: ImagePreprocess | None = None,
+              observed: Mapping[str, tuple[int, ...]] | None = None) -> DataSource:
     """A ``DataSource`` for ``model`` (see the module docstring for what ``source`` may be).
 
-    ``seed``, ``samples`` and ``dim_values`` shape random data; ``preprocess`` says how images in
-    an image folder become inputs (defaults come from the model's input shape)."""
+    ``seed``, ``samples``, ``dim_values`` and ``observed`` shape random data (``RandomSource``);
+    ``preprocess`` says how images in an image folder become inputs (defaults come from the model's
+    input shape)."""
     if isinstance(source, DataSource):
         return source
     specs = input_specs(model)
@@ -170,7 +196,7 @@ def open_data(source: Any, model: onnx.ModelProto, *, seed: int = 0, samples: in
                 n = int(source.split(":", 1)[1])
             except ValueError:
                 raise DataError(f"'{source}': expected random:N with N a number of samples") from None
-        return RandomSource(specs, n, seed, dim_values)
+        return RandomSource(specs, n, seed, dim_values, observed)
     if isinstance(source, (str, os.PathLike)):
         return _open_path(Path(source), specs, preprocess)
     if isinstance(source, Mapping):
@@ -196,5 +222,5 @@ def _open_path(path: Path, specs: list[InputSpec], preprocess: ImagePreprocess |
 __all__ = [
     "Batch", "DataSource", "InputSpec", "input_specs", "open_data", "OPENERS", "Opener", "IterableSource",
     "RandomSource", "NpzSource", "NpyArraysSource", "NpySamplesSource", "TensorProtoSource", "ImageFolderSource",
-    "ImagePreprocess", "LABEL_KEYS",
+    "ImagePreprocess", "LABEL_KEYS", "DEFAULT_DYNAMIC_DIM", "sample_shapes",
 ]

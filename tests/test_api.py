@@ -83,3 +83,51 @@ def test_every_public_name_resolves_and_a_module_import_loads_no_api() -> None:
     assert onnxopt.errors.OnnxoptError is onnxopt.OnnxoptError and onnxopt.runtime.make_session
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         onnxopt.nope  # noqa: B018
+
+
+DYNAMIC_CONV = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[?, 2, 8, W] x) => (float[?, 2, 8, W] y) <float[2, 2, 3, 3] w = {%s}> {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w)
+    y = Relu(c)
+}
+""" % ", ".join(str(v / 10) for v in range(36))
+
+
+def test_default_comparison_sizes_dynamic_dims_and_says_how(tmp_path: Path) -> None:
+    # setup: an unnamed batch dim and a named width, as exported OCR recognisers have
+    model = parse(DYNAMIC_CONV)
+    out = tmp_path / "out.onnx"
+    # execute
+    result = onnxopt.optimize(model, ["eliminate-identity"], evaluation="random", output=out, latency_runs=3)
+    # assert: written and measured; the width came from the default, and the report says so
+    assert out.exists() and result.report.comparison is not None and result.report.comparison.samples == 64
+    assert "x[3]=64 (default)" in result.report.comparison.data
+    assert any("random data: 'W' of input 'x' sized 64 by default" in w for w in result.report.warnings)
+
+
+def test_default_comparison_takes_dynamic_dims_from_the_calibration_data(tmp_path: Path) -> None:
+    # setup
+    model = parse(DYNAMIC_CONV)
+    calib = [{"x": np.ones((3, 2, 8, 12), np.float32)}]
+    # execute
+    result = onnxopt.optimize(model, ["eliminate-identity"], calibration=calib, evaluation="random", latency_runs=3)
+    # assert
+    assert "x[3]=12 (as in the calibration data)" in result.report.comparison.data
+    assert not any("by default" in w for w in result.report.warnings)
+
+
+def test_a_default_comparison_that_cannot_run_still_writes_the_model(tmp_path: Path) -> None:
+    # setup: the Reshape only works for a width of 5, which random data cannot know
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        agraph (float[N, W] x) => (float[N, 5] y) <int64[2] shape = {-1, 5}> {
+            r = Reshape(x, shape)
+            y = Relu(r)
+        }""")
+    out = tmp_path / "out.onnx"
+    # execute
+    result = onnxopt.optimize(model, ["eliminate-identity"], evaluation="random", output=out)
+    # assert
+    assert out.exists() and result.report.comparison is None
+    assert any(w.startswith("the default comparison on random inputs could not run (") for w in result.report.warnings)

@@ -262,6 +262,19 @@ def test_random_source_is_seeded_and_synthetic() -> None:
     assert not np.array_equal(ia["x"], ic["x"])
 
 
+def test_random_source_sizes_dynamic_dims_given_observed_or_by_default() -> None:
+    model = _model(("x", FLOAT, ["N", "T", None]), ("y", FLOAT, ["N", "C"]))
+
+    source = open_data("random:2", model, dim_values={"C": 3}, observed={"x": (7, 9)})
+    default = open_data("random:2", model, dim_values={"C": 3})
+
+    assert _collect(source)[0]["x"].shape == (2, 7, 9) and _collect(source)[0]["y"].shape == (2, 3)
+    assert "dynamic dims x[1]=7 (as in the calibration data), x[2]=9 (as in the calibration data), y[1]=3 (given)" \
+        in source.description and source.assumed == []
+    assert _collect(default)[0]["x"].shape == (2, 64, 64)
+    assert default.assumed == ["'T' of input 'x'", "axis 2 of input 'x'"]
+
+
 def test_random_source_fills_whole_fixed_batches() -> None:
     source = open_data("random:10", FIXED)
 
@@ -334,8 +347,6 @@ ERRORS: dict[str, tuple[Callable[[Path], Any], onnx.ModelProto, str]] = {
     "npy names for multi-input": (_saved(lambda t: np.save(t / "0.npy", _x())), PAIR,
                                   "do not match the model's inputs a, b; name them <input>.npy"),
     "random count": (lambda t: "random:lots", SINGLE, "expected random:N"),
-    "random dynamic dim": (lambda t: "random", _model(("x", FLOAT, ["N", "T"])), "dynamic dimension 'T' of input 'x'; "
-                           "give it with --dim T=N"),
     "python object": (lambda t: 3.5, SINGLE, "cannot read data from a float"),
 }
 
