@@ -2,7 +2,8 @@
 
 Formats (every array has the batch axis first unless said otherwise):
 
-- ``data.npz``: one array per input name ``[samples, ...]``, optional ``label``/``labels``.
+- ``data.npz``: one array per input name ``[samples, ...]``, optional ``label``/``labels``; other
+  arrays (file names, captions...) are ignored and named in the source's description.
 - ``data.npy``: one array ``[samples, ...]`` for a single-input model (memory-mapped).
 - a folder of ``<input>.npy`` files, one per input name, each ``[samples, ...]``, optional
   ``label.npy``; memory-mapped, so samples are read from disk batch by batch.
@@ -17,6 +18,7 @@ Formats (every array has the batch axis first unless said otherwise):
 
 from __future__ import annotations
 
+import logging
 import re
 import zipfile
 from pathlib import Path
@@ -29,6 +31,8 @@ from onnx import numpy_helper
 
 from onnxopt.data_source import LABEL_KEYS, Batch, DataSource, InputSpec
 from onnxopt.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from onnxopt.images import ImagePreprocess
@@ -49,22 +53,32 @@ def _single_input(specs: list[InputSpec], what: str) -> InputSpec:
 
 
 class NpzSource(DataSource):
-    """A ``.npz`` file keyed by input names, each array ``[samples, ...]``; optional ``label``."""
+    """A ``.npz`` file keyed by input names, each array ``[samples, ...]``; optional ``label``.
+    Arrays that are neither are ignored (``ignored``), and the description names them."""
 
     def __init__(self, path: Path, specs: list[InputSpec]) -> None:
         super().__init__(specs)
         self.path = path
+        names = {s.name for s in specs}
         with self._open() as npz:
-            self._keys = list(npz.files)
+            self._keys = [k for k in npz.files if k in names or k in LABEL_KEYS]
+            self.ignored = [k for k in npz.files if k not in self._keys]
+            missing = sorted(names - set(self._keys))
+            if missing:
+                raise DataError(f"{path}: missing input(s) {', '.join(missing)}: name each array after a model input "
+                                f"({', '.join(sorted(names))}); the .npz holds {', '.join(npz.files) or 'no arrays'}")
             shapes = {k: _npz_shape(npz, k) for k in self._keys if k not in LABEL_KEYS}
             if not shapes:
-                raise DataError(f"{path}: the .npz holds no input arrays (keys: {', '.join(self._keys) or 'none'})")
+                raise DataError(f"{path}: the model has no inputs to feed")
             # scalar (rank-0) arrays feed scalar inputs; the others carry the samples
             first, shape = next(((k, v) for k, v in shapes.items() if v), next(iter(shapes.items())))
             self._n = shape[0] if shape else 1
         if self._n == 0:
             raise DataError(f"{path}: the data set is empty (array '{first}' has 0 samples)")
-        self.description = f"{path.name} ({self._n} samples, npz)"
+        ignored = f"; ignored arrays {', '.join(self.ignored)}" if self.ignored else ""
+        self.description = f"{path.name} ({self._n} samples, npz{ignored})"
+        if self.ignored:
+            logger.info("%s: ignoring array(s) %s (neither an input nor labels)", path, ", ".join(self.ignored))
 
     def _open(self) -> np.lib.npyio.NpzFile:
         try:

@@ -60,6 +60,23 @@ def test_compare_model_with_itself(model_path: Path, data_path: Path, capsys: py
     assert 0.5 < result["latency"]["ratio"] < 2.0
 
 
+def test_compare_ignores_npz_arrays_that_are_not_inputs(tmp_path: Path, model_path: Path, data_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # setup: an evaluation set that also carries file names and captions
+    with np.load(data_path) as npz:
+        arrays = dict(npz)
+    extra = tmp_path / "eval.npz"
+    np.savez(extra, **arrays, file_name=np.array([f"{i}.png" for i in range(40)]), caption=np.array(["a cat"] * 40))
+    # execute
+    code, out, err = _run(capsys, "compare", str(model_path), str(model_path), "--data", str(extra), "--json",
+                          "--latency-runs", "0")
+    # assert: measured on the inputs and labels, and the ignored arrays are named once
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["data"] == "eval.npz (40 samples, npz; ignored arrays file_name, caption)"
+    assert result["labelled_samples"] == 40 and result["agreement"] == 1.0
+
+
 def test_inspect_and_passes(model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "inspect", str(model_path), "--json")
     assert code == 0
