@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import onnx
 
+from onnxopt.claims import calibration_warning
 from onnxopt.data import DEFAULT_DYNAMIC_DIM, DataSource, RandomSource, open_data, sample_shapes
 from onnxopt.evaluate import Comparison, check_measurement, compare
 from onnxopt.graph import initializer_inputs
@@ -148,6 +149,9 @@ def _input_warnings(model: onnx.ModelProto, calib: DataSource | None, calibratio
                    "them as constants, so the optimized model no longer accepts them as inputs")
     if calib is not None and calib.synthetic:
         out.append("calibration used random data: quantization ranges and recovery do not reflect real inputs")
+    elif calib is not None:
+        samples = calib.num_samples if calib.num_samples is not None else sum(b.size for b in calib.batches())
+        out.extend(filter(None, [calibration_warning(samples)]))
     if _same_data(calibration, evaluation):
         out.append("the evaluation data is the calibration data: accuracy is measured in-sample and overstates "
                    "what unseen inputs get; evaluate on held-out samples")

@@ -1,10 +1,10 @@
-"""Paired, interleaved latency measurement (A B A B ...) so machine noise hits both models alike."""
+"""Paired, interleaved latency measurement (A B B A ...) so machine noise hits every model alike."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,26 +34,40 @@ class PairedLatency:
         return self.ratio_p90 < 1.0 or self.ratio_p10 > 1.0
 
 
-def paired_latency(session_a: Any, feeds_a: dict[str, np.ndarray], session_b: Any,
-                   feeds_b: dict[str, np.ndarray], *, runs: int = 50, warmup: int = 5) -> PairedLatency:
-    """Time ``session_a.run`` and ``session_b.run`` alternately; order swaps every pair."""
+def interleaved_times(sessions: Sequence[tuple[Any, dict[str, np.ndarray]]], *, runs: int = 50,
+                      warmup: int = 5) -> np.ndarray:
+    """Milliseconds ``[len(sessions), runs]``: each run times every session once, in an order that
+    rotates by one each run (A B, B A, ...), so drift and cache effects hit every session alike."""
     for _ in range(warmup):
-        session_a.run(None, feeds_a)
-        session_b.run(None, feeds_b)
-    a_times = np.empty(runs)
-    b_times = np.empty(runs)
+        for session, feeds in sessions:
+            session.run(None, feeds)
+    times = np.empty((len(sessions), runs))
+    indices = list(range(len(sessions)))
     for i in range(runs):
-        order = ((0, session_a, feeds_a), (1, session_b, feeds_b))
-        for which, session, feeds in (order if i % 2 == 0 else order[::-1]):
+        shift = i % len(indices)
+        order = indices[shift:] + indices[:shift]
+        for which in order:
+            session, feeds = sessions[which]
             start = time.perf_counter()
             session.run(None, feeds)
-            elapsed = (time.perf_counter() - start) * 1e3
-            (a_times if which == 0 else b_times)[i] = elapsed
+            times[which, i] = (time.perf_counter() - start) * 1e3
+    return times
+
+
+def paired(a_times: np.ndarray, b_times: np.ndarray, warmup: int) -> PairedLatency:
+    """B against A from times measured in the same interleaved run (``interleaved_times``)."""
     ratios = b_times / np.maximum(a_times, 1e-9)
     return PairedLatency(
-        runs=runs, warmup=warmup,
+        runs=len(a_times), warmup=warmup,
         a_median_ms=float(np.median(a_times)), a_p90_ms=float(np.percentile(a_times, 90)),
         b_median_ms=float(np.median(b_times)), b_p90_ms=float(np.percentile(b_times, 90)),
         ratio=float(np.median(ratios)),
         ratio_p10=float(np.percentile(ratios, 10)), ratio_p90=float(np.percentile(ratios, 90)),
     )
+
+
+def paired_latency(session_a: Any, feeds_a: dict[str, np.ndarray], session_b: Any,
+                   feeds_b: dict[str, np.ndarray], *, runs: int = 50, warmup: int = 5) -> PairedLatency:
+    """Time ``session_a.run`` and ``session_b.run`` alternately; the order swaps every pair."""
+    times = interleaved_times([(session_a, feeds_a), (session_b, feeds_b)], runs=runs, warmup=warmup)
+    return paired(times[0], times[1], warmup)

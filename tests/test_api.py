@@ -131,3 +131,8 @@ def test_a_default_comparison_that_cannot_run_still_writes_the_model(tmp_path: P
     # assert
     assert out.exists() and result.report.comparison is None
     assert any(w.startswith("the default comparison on random inputs could not run (") for w in result.report.warnings)
+
+
+def test_few_calibration_samples_warn(data: Path) -> None:
+    result = onnxopt.optimize(parse(TINY_CLASSIFIER), ["eliminate-identity"], calibration=data)
+    assert any(w.startswith("only 16 calibration samples (fewer than 100)") for w in result.report.warnings)

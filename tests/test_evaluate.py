@@ -1,5 +1,5 @@
-"""The evaluator: errors, agreement and accuracy against numbers computed by hand, fp16 IO, warnings
-for claims the measurement cannot support, JSON, CPU feature parsing and the rich rendering."""
+"""The evaluator: errors, agreement and accuracy against numbers computed by hand, fp16 IO, JSON,
+CPU feature parsing and the rich rendering."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from rich.console import Console
 
 from onnxopt.data import RandomSource, input_specs, open_data
 from onnxopt.errors import DataError, OnnxoptError
-from onnxopt.evaluate import Comparison, accuracy_delta_interval, claim_warnings, compare
+from onnxopt.evaluate import accuracy_delta_interval, compare
 from onnxopt.hardware import CpuInfo, parse_cpuinfo
-from onnxopt.latency import PairedLatency
 from onnxopt.pass_base import PassReport
 from onnxopt.render import render_comparison, render_pass_reports, render_stats
 from onnxopt.stats import model_stats
@@ -237,74 +236,6 @@ def test_json_round_trip_is_strict(weight: np.ndarray, inputs: np.ndarray, label
     assert back["latency"]["runs"] == 3 and isinstance(back["latency"]["significant"], bool)
     assert back["providers"] == ["CPUExecutionProvider"] and back["threads"] == 1
     assert back["stats_a"]["op_histogram"] == {"MatMul": 1} and back["cpu"]["arch"]
-
-
-# -- warnings on what the measurement cannot support ------------------------------------------
-
-def _comparison(model: onnx.ModelProto, **changes: object) -> Comparison:
-    stats = model_stats(model)
-    base = Comparison(model_a="a", model_b="b", providers=["CPUExecutionProvider"], threads=1, batch_size=32,
-                      optimized_sessions=True, data="eval.npz", samples=10_000, synthetic=False, size_a_bytes=1,
-                      size_b_bytes=1, stats_a=stats, stats_b=stats, cpu=CpuInfo("x86_64", "test", True, False))
-    return replace(base, **changes)  # type: ignore[arg-type]
-
-
-def _quantized_model() -> onnx.ModelProto:
-    graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
-         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["logits"])], "qdq",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def _latency(p10: float, p90: float, runs: int = 50) -> PairedLatency:
-    return PairedLatency(runs, 5, 1.0, 1.1, 1.0, 1.1, (p10 + p90) / 2, p10, p90)
-
-
-@pytest.mark.parametrize(("changes", "expected"), [
-    ({"cpu": CpuInfo("x86_64", "old", False, False)}, "no int8 dot-product instructions"),
-    ({"cpu": CpuInfo("riscv64", "unknown", None, None)}, "is unknown"),
-    ({"threads": None, "latency": _latency(0.5, 0.6)}, "threads not pinned"),
-    ({"latency": _latency(0.9, 1.1)}, "inside this run's noise band"),
-    ({"latency": _latency(0.5, 0.6, runs=5)}, "only 5 paired latency runs"),
-    ({"labelled_samples": 200, "accuracy_a": 0.9, "accuracy_b": 0.89, "accuracy_delta_ci95": 0.03},
-     "not a significant difference"),
-    ({"labelled_samples": 100, "accuracy_a": 0.9, "accuracy_b": 0.9, "accuracy_delta_ci95": 0.03},
-     "cannot be ruled out"),
-    ({"synthetic": True}, "synthetic"),
-])
-def test_claim_warnings(changes: dict[str, object], expected: str) -> None:
-    # setup
-    model = _quantized_model()
-    # execute
-    warnings = claim_warnings(_comparison(model, **changes), model, model)
-    # assert
-    assert any(expected in w for w in warnings), warnings
-
-
-def test_supported_claims_raise_no_warnings() -> None:
-    # setup: int8 on a VNNI CPU, a significant latency ratio, a delta outside its interval
-    model = _quantized_model()
-    cmp = _comparison(model, latency=_latency(0.5, 0.6), labelled_samples=10_000, accuracy_a=0.9, accuracy_b=0.8,
-                      accuracy_delta_ci95=0.01)
-    # execute / assert
-    assert claim_warnings(cmp, model, model) == []
-
-
-def test_initializers_listed_as_inputs_in_a_only_are_called_out() -> None:
-    # setup: A lists its initializers as graph inputs (IR 3 habit), B does not
-    b = _quantized_model()
-    a = onnx.ModelProto()
-    a.CopyFrom(b)
-    a.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in a.graph.initializer)
-    cmp = _comparison(b, latency=_latency(0.5, 0.6))
-    # execute
-    warnings = claim_warnings(cmp, a, b)
-    # assert
-    assert any("2 initializer(s) as graph inputs" in w for w in warnings), warnings
-    assert not any("graph inputs" in w for w in claim_warnings(cmp, b, a))
 
 
 # -- CPU features ---------------------------------------------------------------------------------
