@@ -17,7 +17,10 @@ when the names are integers. Images are read in order of file name.
 Defaults come from the model input: layout and channels from its shape (``[N, 3|1, H, W]`` is
 NCHW, ``[N, H, W, 3|1]`` NHWC, rank 3 is NHW grayscale), an exact resize to its ``H x W`` when those
 are fixed and neither ``resize`` nor ``crop`` is given, its dtype, and ``scale`` 1/255 for float
-inputs (1 for integer inputs). The compact form for the command line is
+inputs (1 for integer inputs). ``mean``/``std`` need an explicit ``scale``: it decides their units
+(pixels 0–255 with ``scale=1``, [0, 1] with ``scale=1/255``), and a guess would feed the model
+near-constant images. Each source's description lists the values used and which came from the
+model. The compact form for the command line is
 ``resize=256,crop=224,scale=1/255,mean=0.485:0.456:0.406,std=0.229:0.224:0.225,order=RGB,layout=NCHW``.
 """
 
@@ -56,10 +59,12 @@ class ImagePreprocess:
     resize: int | Size | None = None
     #: centre crop to (height, width); an int crops a square
     crop: int | Size | None = None
-    #: pixel multiplier before mean/std (None: 1/255 for float inputs, 1 for integer inputs)
+    #: pixel multiplier before mean/std (None: 1/255 for float inputs, 1 for integer inputs; must be
+    #: given with mean/std, whose units it decides)
     scale: float | None = None
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+    #: per-channel values (None: 0 and 1, i.e. none)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     order: str = "RGB"
     layout: str | None = None
     grayscale: bool | None = None
@@ -81,7 +86,7 @@ class ImagePreprocess:
             raise DataError(f"preprocess layout={self.layout}: expected one of {', '.join(_LAYOUTS)}")
         if self.resample not in _RESAMPLE:
             raise DataError(f"preprocess resample={self.resample}: expected one of {', '.join(_RESAMPLE)}")
-        if not self.mean or not self.std or any(s == 0 for s in self.std):
+        if self.mean == () or self.std == () or any(s == 0 for s in self.std or ()):
             raise DataError(f"preprocess mean={self.mean} std={self.std}: need at least one value each, std not 0")
 
     @classmethod
@@ -134,9 +139,16 @@ class ImagePreprocess:
         if self.grayscale is not None and self.grayscale != (channels == 1):
             raise DataError(f"preprocess grayscale={self.grayscale} does not fit {where} ({channels} channel(s))")
         for name, values in (("mean", self.mean), ("std", self.std)):
-            if len(values) not in (1, channels):
+            if values is not None and len(values) not in (1, channels):
                 raise DataError(f"preprocess {name} has {len(values)} values; {where} has {channels} channel(s)")
         dtype = spec.dtype
+        floating = np.issubdtype(dtype, np.floating)
+        if self.scale is None and (self.mean is not None or self.std is not None):
+            given = ",".join(f"{k}={':'.join(f'{v:g}' for v in vs)}" for k, vs in (("mean", self.mean), ("std", self.std))
+                             if vs is not None)
+            raise DataError(f"preprocess {given} without scale: for {where} the default scale is "
+                            f"{'1/255 (mean/std in [0, 1] units)' if floating else '1 (mean/std in pixel units 0-255)'}; "
+                            "say which units mean/std are in: scale=1 for pixel values 0-255, scale=1/255 for [0, 1]")
         if self.dtype is not None and np.dtype(self.dtype) != dtype:
             raise DataError(f"preprocess dtype={self.dtype} does not fit {where}, which is {dtype}")
         if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
@@ -149,15 +161,17 @@ class ImagePreprocess:
         if out is not None and any(m is not None and m != o for m, o in zip(model_hw, out)):
             raise DataError(f"preprocess makes {out[0]}x{out[1]} images; {where} wants "
                             f"{model_hw[0] or '?'}x{model_hw[1] or '?'} (set resize= or crop=)")
-        scale = self.scale if self.scale is not None else (1 / 255 if np.issubdtype(dtype, np.floating) else 1.0)
+        scale = self.scale if self.scale is not None else (1 / 255 if floating else 1.0)
         return dataclasses.replace(self, resize=resize, crop=None if self.crop is None else _pair(self.crop),
-                                   scale=scale, layout=layout, grayscale=channels == 1, dtype=dtype.name)
+                                   scale=scale, layout=layout, grayscale=channels == 1, dtype=dtype.name,
+                                   mean=self.mean or (0.0,), std=self.std or (1.0,))
 
     def load(self, path: Path) -> np.ndarray:
         """One sample (no batch axis) from an image file; needs a spec from ``for_input``."""
         from PIL import Image
 
-        if self.layout is None or self.grayscale is None or self.dtype is None or self.scale is None:
+        if self.layout is None or self.grayscale is None or self.dtype is None or self.scale is None \
+                or self.mean is None or self.std is None:
             raise DataError("preprocess: call for_input(spec) first so layout, channels, dtype and scale are known")
         try:
             with Image.open(path) as image:
@@ -250,10 +264,14 @@ class ImageFolderSource(DataSource):
             raise DataError(f"image folders feed single-input models; this model has inputs "
                             f"{', '.join(s.name for s in specs)}")
         self.spec = specs[0]
-        self.preprocess = (preprocess or ImagePreprocess()).for_input(self.spec)
+        given = preprocess or ImagePreprocess()
+        self.preprocess = given.for_input(self.spec)
         self.files = files
         self.labels = labels
-        self.description = f"{name} ({len(files)} images, {self.preprocess})"
+        taken = ", ".join(f.name for f in dataclasses.fields(given)
+                          if getattr(given, f.name) is None and getattr(self.preprocess, f.name) is not None)
+        self.description = f"{name} ({len(files)} images, {self.preprocess}; defaults used: {taken or 'none'})"
+        logger.info("%s: image preprocessing %s (defaults used: %s)", name, self.preprocess, taken or "none")
 
     @property
     def num_samples(self) -> int:

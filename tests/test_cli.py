@@ -216,3 +216,22 @@ def test_unpack_of_a_model_without_packed_weights_says_so(tmp_path: Path, model_
     code, stdout, err = _run(capsys, "unpack", str(model_path), "-o", str(out))
     assert code == 0, err
     assert "no bit-packed weights" in err and str(out) in stdout
+
+
+def test_image_mean_std_without_scale_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # setup: an image model and a folder of one image
+    from PIL import Image
+
+    model = tmp_path / "img.onnx"
+    onnx.save(parse("""<ir_version: 8, opset_import: ["" : 17]>
+        agraph (float[N, 3, 4, 4] x) => (float[N, 3, 4, 4] y) { y = Relu(x) }"""), str(model))
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    # execute
+    code, _, err = _run(capsys, "optimize", str(model), "-o", str(tmp_path / "out.onnx"), "--pass", "cleanup",
+                        "--eval", str(tmp_path / "images"), "--preprocess", "mean=127,std=128")
+    # assert
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and not (tmp_path / "out.onnx").exists()
+    assert lines[0].startswith("onnxopt: error: preprocess mean=127,std=128 without scale: for input 'x' "
+                               "[N, 3, 4, 4] the default scale is 1/255 (mean/std in [0, 1] units)")

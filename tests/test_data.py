@@ -576,3 +576,26 @@ def test_a_model_with_only_scalar_inputs_gets_one_chunk_per_run() -> None:
     model = _model(("t", FLOAT, []))
     batches = list(open_data([{"t": np.float32(v)} for v in (1.0, 1.0, 2.0)], model).batches(8))
     assert [(b.size, float(b.inputs["t"])) for b in batches] == [(1, 1.0), (1, 1.0), (1, 2.0)]
+
+
+@pytest.mark.parametrize("dtype, units", [(FLOAT, "1/255 (mean/std in [0, 1] units)"),
+                                          (UINT8, "1 (mean/std in pixel units 0-255)")])
+def test_mean_and_std_without_scale_is_refused_naming_the_assumed_units(tmp_path: Path, dtype: int, units: str) -> None:
+    _image(tmp_path / "a.png", _pixels(0, (4, 4, 3)))
+    model = _model(("x", dtype, ["N", 3, 4, 4]))
+
+    with pytest.raises(DataError) as caught:
+        open_data(tmp_path, model, preprocess=ImagePreprocess.parse("mean=127,std=128"))
+
+    assert str(caught.value) == (f"preprocess mean=127,std=128 without scale: for input 'x' [N, 3, 4, 4] the default "
+                                 f"scale is {units}; say which units mean/std are in: scale=1 for pixel values 0-255, "
+                                 "scale=1/255 for [0, 1]")
+
+
+def test_image_source_says_which_preprocessing_defaults_it_used(tmp_path: Path) -> None:
+    _image(tmp_path / "a.png", _pixels(0, (4, 4, 3)))
+
+    source = open_data(tmp_path, _model(("x", FLOAT, ["N", 3, 4, 4])), preprocess=ImagePreprocess.parse("order=BGR"))
+
+    assert source.description.endswith("; defaults used: resize, scale, mean, std, layout, grayscale, dtype)")
+    assert "resize=4x4,scale=0.00392156862745098,mean=0.0,std=1.0,order=BGR,layout=NCHW" in source.description
