@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from onnxopt.errors import DataError
+from onnxopt.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class DataSource(abc.ABC):
         if size < 1:
             raise DataError(f"batch size must be at least 1, got {size}")
         seen = dropped = 0
-        bar = _Progress(self.num_samples, description or self.description) if progress else None
+        bar = Progress(description or self.description, self.num_samples) if progress else None
         try:
             for batch in _rebatch(self._validated(), size):
                 if fixed is not None and batch.size != fixed:
@@ -238,20 +239,3 @@ def _concat(parts: list[Batch]) -> Batch:
 def _take(batch: Batch, start: int, stop: int) -> Batch:
     return Batch({k: v[start:stop] if v.ndim else v for k, v in batch.inputs.items()},
                  None if batch.labels is None else batch.labels[start:stop])
-
-
-class _Progress:
-    """A transient rich progress bar counting samples."""
-
-    def __init__(self, total: int | None, description: str) -> None:
-        from rich.progress import Progress
-
-        self._progress = Progress(transient=True)
-        self._task = self._progress.add_task(description, total=total)
-        self._progress.start()
-
-    def advance(self, n: int) -> None:
-        self._progress.advance(self._task, n)
-
-    def close(self) -> None:
-        self._progress.stop()

@@ -32,6 +32,7 @@ from onnxopt.hardware import CpuInfo, cpu_info
 from onnxopt.latency import PairedLatency, interleaved_times, paired
 from onnxopt.metrics import ErrorStats, OutputError, TopOne, accuracy_delta_interval, json_float
 from onnxopt.model_io import load_model, tensor_bytes
+from onnxopt.progress import Progress
 from onnxopt.runtime import make_session
 from onnxopt.stats import ModelStats, model_stats
 
@@ -227,7 +228,7 @@ def compare(
             cmp.warnings.append(f"latency is measured against A as it is: the canonical rewrites failed ({base.problem})")
         cmp.latency_baseline = base.description
         _measure_latency(cmp, *sessions, canonical, b.specs, source, runs=latency_runs, batch=latency_batch,
-                         warmup=warmup)
+                         warmup=warmup, progress=progress)
     cmp.warnings.extend(claim_warnings(cmp, a.proto, b.proto))
     for warning in cmp.warnings:
         logger.debug("compare: %s", warning)
@@ -281,7 +282,7 @@ def _measure_outputs(cmp: Comparison, session_a: Any, session_b: Any, specs_b: l
 
 
 def _measure_latency(cmp: Comparison, session_a: Any, session_b: Any, canonical: Any | None, specs_b: list[InputSpec],
-                     source: DataSource, *, runs: int, batch: int, warmup: int) -> None:
+                     source: DataSource, *, runs: int, batch: int, warmup: int, progress: bool) -> None:
     """B against the baseline (canonical A when it differs from A), and canonical A against A, all three
     timed in one interleaved run."""
     batches = source.batches(batch)
@@ -292,7 +293,8 @@ def _measure_latency(cmp: Comparison, session_a: Any, session_b: Any, canonical:
     timed = [(session_a, feeds_a), (session_b, _feeds(feeds_a, specs_b))]
     if canonical is not None:
         timed.append((canonical, feeds_a))
-    times = interleaved_times(timed, runs=runs, warmup=warmup)
+    with Progress("latency", runs, enabled=progress, unit="runs") as bar:
+        times = interleaved_times(timed, runs=runs, warmup=warmup, progress=bar)
     cmp.latency = paired(times[-1] if canonical is not None else times[0], times[1], warmup)
     if canonical is not None:
         cmp.canonical_latency = paired(times[0], times[2], warmup)

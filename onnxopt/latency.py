@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from onnxopt.progress import Progress
+
 
 @dataclass(frozen=True)
 class PairedLatency:
@@ -35,7 +37,7 @@ class PairedLatency:
 
 
 def interleaved_times(sessions: Sequence[tuple[Any, dict[str, np.ndarray]]], *, runs: int = 50,
-                      warmup: int = 5) -> np.ndarray:
+                      warmup: int = 5, progress: Progress | None = None) -> np.ndarray:
     """Milliseconds ``[len(sessions), runs]``: each run times every session once, in an order that
     rotates by one each run (A B, B A, ...), so drift and cache effects hit every session alike."""
     for _ in range(warmup):
@@ -51,6 +53,8 @@ def interleaved_times(sessions: Sequence[tuple[Any, dict[str, np.ndarray]]], *, 
             start = time.perf_counter()
             session.run(None, feeds)
             times[which, i] = (time.perf_counter() - start) * 1e3
+        if progress is not None:
+            progress.advance()
     return times
 
 

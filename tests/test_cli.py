@@ -193,7 +193,7 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, match: str, tmp_path: P
     if data is not None:
         args += ["--eval", data]
     # execute
-    code, _, err = _run(capsys, "optimize", str(src), "-o", str(out), *args, "--latency-runs", "2")
+    code, _, err = _run(capsys, "optimize", str(src), "-o", str(out), *args, "--latency-runs", "2", "--no-progress")
     # assert
     assert code == 2
     lines = err.strip().splitlines()
@@ -235,3 +235,12 @@ def test_image_mean_std_without_scale_exits_2(tmp_path: Path, capsys: pytest.Cap
     assert code == 2 and len(lines) == 1 and not (tmp_path / "out.onnx").exists()
     assert lines[0].startswith("onnxopt: error: preprocess mean=127,std=128 without scale: for input 'x' "
                                "[N, 3, 4, 4] the default scale is 1/255 (mean/std in [0, 1] units)")
+
+
+def test_progress_off_a_terminal_is_one_line_per_step(tmp_path: Path, model_path: Path, data_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "optimize", str(model_path), "-o", str(tmp_path / "out.onnx"), "--pass", "cleanup",
+                        "--eval", str(data_path), "--latency-runs", "4")
+    assert code == 0
+    assert [line.split(" in ")[0] for line in err.splitlines()] == ["onnxopt: comparing: 40 samples",
+                                                                   "onnxopt: latency: 4 runs"]

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.progress import Progress
 from onnxopt.runtime import iter_activations
 from passes.binary.alpha import LogCodes, ScaleFormat
 from passes.binary.layers import WeightLayer
@@ -251,24 +252,26 @@ class Refitter:
         targets, offsets = self._float_targets(layers)
         index = {t.name: i for i, t in enumerate(self.working_model.graph.initializer)}
         fits = []
-        for li, layer in enumerate(layers):
-            fit, held = LayerStats.empty(layer), LayerStats.empty(layer)
-            stream = self._activations(self.working_model, layer.node.inputs[0].name, len(offsets))
-            for bi, x in enumerate(stream):
-                sample, position = self._sample(li, bi, x.shape, layer)
-                patches, target = layer.patch_rows(x, sample, position), targets[li][bi]
-                out = (offsets[bi] + sample) % self.HOLDOUT == 0
-                fit.add(patches[~out], target[~out])
-                held.add(patches[out], target[out])
-            result = self._fit_layer(layer, planes[layer.name], fit, held, formats[layer.name])
-            planes[layer.name] = result[0]
-            fits.append(result[1])
-            logger.info("refit %s: error %.4f -> %.4f (held out %.4f -> %.4f, ridge %s)", layer.name,
-                        result[1].error_before, result[1].error_after, result[1].holdout_before,
-                        result[1].holdout_after, result[1].ridge)
-            quantized = layer.from_matrix(planes[layer.name].dequantize(layer.weight.values.dtype))
-            self.working_model.graph.initializer[index[layer.weight.name]].CopyFrom(
-                numpy_helper.from_array(quantized, layer.weight.name))
+        with Progress("binary refit", len(layers), enabled=self.ctx.progress, unit="layers") as bar:
+            for li, layer in enumerate(layers):
+                fit, held = LayerStats.empty(layer), LayerStats.empty(layer)
+                stream = self._activations(self.working_model, layer.node.inputs[0].name, len(offsets))
+                for bi, x in enumerate(stream):
+                    sample, position = self._sample(li, bi, x.shape, layer)
+                    patches, target = layer.patch_rows(x, sample, position), targets[li][bi]
+                    out = (offsets[bi] + sample) % self.HOLDOUT == 0
+                    fit.add(patches[~out], target[~out])
+                    held.add(patches[out], target[out])
+                result = self._fit_layer(layer, planes[layer.name], fit, held, formats[layer.name])
+                planes[layer.name] = result[0]
+                fits.append(result[1])
+                logger.info("refit %s: error %.4f -> %.4f (held out %.4f -> %.4f, ridge %s)", layer.name,
+                            result[1].error_before, result[1].error_after, result[1].holdout_before,
+                            result[1].holdout_after, result[1].ridge)
+                quantized = layer.from_matrix(planes[layer.name].dequantize(layer.weight.values.dtype))
+                self.working_model.graph.initializer[index[layer.weight.name]].CopyFrom(
+                    numpy_helper.from_array(quantized, layer.weight.name))
+                bar.advance()
         return fits
 
     def _fit_layer(self, layer: WeightLayer, start: Planes, fit: LayerStats, held: LayerStats,

@@ -21,6 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from onnxopt.data import DataSource
 from onnxopt.graph import export
+from onnxopt.progress import Progress
 from onnxopt.runtime import iter_activations
 from passes.pruning.channel_groups import ChannelGraph, ConstSlice, Weighted, node_name
 from passes.pruning.consts import Names, read, replace, require
@@ -73,8 +74,8 @@ class _Job:
 
 
 def reconstruct(graph: gs.Graph, cg: ChannelGraph, pruned: np.ndarray, original: onnx.ModelProto,
-                data: DataSource, names: Names, *, seed: int = 0,
-                threads: int | None = None) -> tuple[list[Fit], list[tuple[str, str]]]:
+                data: DataSource, names: Names, *, seed: int = 0, threads: int | None = None,
+                progress: bool = False) -> tuple[list[Fit], list[tuple[str, str]]]:
     """Refit every layer that lost input channels; return the fits and (layer, reason) skipped."""
     rng = np.random.default_rng(seed)
     jobs: list[_Job] = []
@@ -90,12 +91,14 @@ def reconstruct(graph: gs.Graph, cg: ChannelGraph, pruned: np.ndarray, original:
         jobs.append(_Job(w, add, (add.node if add is not None else w.node).outputs[0].name))
     targets = _Targets(original, [job.target for job in jobs], data, threads)
     fits = []
-    for job in jobs:
-        graph.toposort()
-        current = _upstream(export(graph), job.w.node.inputs[0].name)
-        fits.append(_refit(graph, cg, job, pruned, targets, current, data, names, rng, threads))
-        logger.info("least squares %s: error %.4g -> %.4g", fits[-1].layer, fits[-1].error_before,
-                    fits[-1].error_after)
+    with Progress("least squares", len(jobs), enabled=progress, unit="layers") as bar:
+        for job in jobs:
+            graph.toposort()
+            current = _upstream(export(graph), job.w.node.inputs[0].name)
+            fits.append(_refit(graph, cg, job, pruned, targets, current, data, names, rng, threads))
+            logger.info("least squares %s: error %.4g -> %.4g", fits[-1].layer, fits[-1].error_before,
+                        fits[-1].error_after)
+            bar.advance()
     return fits, skipped
 
 

@@ -131,7 +131,7 @@ class PruneChannels(Pass):
         report.details["constants_sliced"] = apply(graph, cg, pruned, names)
         if original is not None and ctx.calibration is not None:
             fits, unfit = reconstruct(graph, cg, pruned, original, ctx.calibration, names,
-                                      seed=ctx.seed, threads=ctx.threads)
+                                      seed=ctx.seed, threads=ctx.threads, progress=ctx.progress)
             recovery["least_squares"] = [vars(f) for f in fits]
             for layer, why in unfit:
                 report.skip(layer, why)

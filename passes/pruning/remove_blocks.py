@@ -26,6 +26,7 @@ from onnxopt.data import DataSource
 from onnxopt.errors import PreconditionError
 from onnxopt.graph import export, import_graph
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
+from onnxopt.progress import Progress
 from onnxopt.runtime import iter_activations
 from passes.pruning.channel_groups import analyse, inferred_shapes, node_name
 from passes.pruning.blocks import Block, conv_sparsity, find_blocks, remove
@@ -85,7 +86,7 @@ class RemoveBlocks(Pass):
         names = Names(graph)
         if self.criterion == "sensitivity" and ctx.calibration is not None:
             importance, removed = self._greedy(graph, {b.name for b in blocks}, offsets,
-                                               _Probe(graph, ctx.calibration, ctx.threads), names)
+                                               _Probe(graph, ctx.calibration, ctx.threads, ctx.progress), names)
         else:
             importance = {b.name: 1.0 - conv_sparsity(b) for b in blocks}
             ranked = sorted(importance, key=lambda n: importance[n])
@@ -110,7 +111,8 @@ class RemoveBlocks(Pass):
             current = {n: b for n, b in _current(graph).items() if n in eligible}
             if not current:
                 break
-            scores = {n: probe.change(graph, b, offsets.get(n)) for n, b in current.items()}
+            with Progress("block sensitivity", len(current), enabled=probe.progress, unit="blocks") as bar:
+                scores = {n: probe.change(graph, b, offsets.get(n), bar) for n, b in current.items()}
             importance.update(scores)
             best = min(scores, key=lambda n: scores[n])
             if len(removed) >= self.count and scores[best] > self.threshold:
@@ -155,13 +157,13 @@ class _Probe:
     of the cosine distance between a sample's outputs before and after. Unlike a squared error it
     ignores a change of scale, which leaves a classifier's decision alone."""
 
-    def __init__(self, graph: gs.Graph, data: DataSource, threads: int | None) -> None:
-        self.data, self.threads = data, threads
+    def __init__(self, graph: gs.Graph, data: DataSource, threads: int | None, progress: bool) -> None:
+        self.data, self.threads, self.progress = data, threads, progress
         self.outputs = [t.name for t in graph.outputs]
         self.reference = list(iter_activations(graph, self.outputs, data, threads=threads,
                                                description="sensitivity"))
 
-    def change(self, graph: gs.Graph, block: Block, offset: np.ndarray | None) -> float:
+    def change(self, graph: gs.Graph, block: Block, offset: np.ndarray | None, bar: Progress) -> float:
         trial = import_graph(export(graph))
         remove(trial, _current(trial)[block.name], Names(trial), offset)
         trial.cleanup().toposort()
@@ -172,6 +174,7 @@ class _Probe:
                 distance = _cosine_distance(ref[name], got[name])
                 total += float(distance.sum())
                 count += len(distance)
+        bar.advance()
         return total / max(count, 1)
 
 
