@@ -15,7 +15,7 @@ from onnxopt.data_source import input_specs
 from onnxopt.errors import PostconditionError, PreconditionError
 from onnxopt.graph import export, import_graph
 from onnxopt.pass_base import Pass, PassContext, PassReport, check_io_kept
-from onnxopt.prelude import RetypedSource, float32_first, float32_note, upgrade_for
+from onnxopt.prelude import RetypedSource, float32_first, float32_note, undone, upgrade_for
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Pipeline:
             if p.needs_calibration and ctx.calibration is None:
                 raise PreconditionError(
                     f"pass '{p.name}' needs calibration data; give --calib (CLI) or calibration= (API)")
+        original = model
         model, upgraded = upgrade_for(model, self.passes)
         prelude = [upgraded] if upgraded is not None else []
         fp32 = float32_first(model, self.passes)
@@ -70,6 +71,8 @@ class Pipeline:
                     ctx = dataclasses.replace(ctx, calibration=RetypedSource(ctx.calibration, input_specs(exported)))
             else:
                 reports.append(report)
+        if undone(prelude, reports):  # the conversions served no change: the original is the result
+            return PipelineResult(_checked_export(import_graph(original), original, "pipeline"), reports, prelude)
         return PipelineResult(exported if exported is not None else export(graph, model), reports, prelude)
 
 

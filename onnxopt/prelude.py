@@ -7,6 +7,8 @@ user for something the tool can do itself:
   runs first, and calibration data is cast to the float32 inputs it then has.
 
 Each step is reported like a pass (``PipelineResult.prelude``), so the report says what was done.
+When no pass changes the model, the steps are undone: the result is the original, not a converted
+copy that is larger (float32) or newer (opset) for nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ def upgrade_for(model: onnx.ModelProto, passes: Sequence[Pass]) -> tuple[onnx.Mo
     report.notes.append(f"opset upgraded from {current} to {needed} with the onnx version converter ({who} needs "
                         f"opset >= {needed})")
     return converted, report
+
+
+def undone(prelude: list[PassReport], reports: Sequence[PassReport]) -> bool:
+    """Whether the ``prelude`` steps are to be undone because no pass changed the model; if so, their
+    reports say so and count no changes."""
+    if not prelude or any(r.modified for r in reports):
+        return False
+    for step in prelude:
+        step.changes = step.nodes_added = step.nodes_removed = 0
+        step.notes.append("undone: no pass changed the model, so the original is kept")
+    return True
 
 
 def float32_first(model: onnx.ModelProto, passes: Sequence[Pass]) -> Pass | None:

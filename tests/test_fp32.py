@@ -86,3 +86,18 @@ def test_int8_on_a_float16_model_runs_fp32_first(rng: np.random.Generator) -> No
     assert op_counts(result.model)["DequantizeLinear"] >= 2 and result.reports[0].modified
     agree = run_model(result.model, {"xh": x.astype(np.float32)})[0].argmax(1) == run_model(model, {"xh": x})[0].argmax(1)
     assert agree.mean() >= 0.75
+
+
+def test_conversions_are_undone_when_no_pass_changes_the_model(rng: np.random.Generator) -> None:
+    # setup: a float16 opset-11 model whose only float layers are excluded from int8
+    model = _float16_cnn(rng)
+    model.opset_import[0].version = 11
+    x = rng.standard_normal((4, 3, 2, 2)).astype(np.float16)
+    ctx = PassContext(calibration=open_data({"xh": x}, model))
+    # execute
+    result = Pipeline([Int8(exclude_nodes=("conv", "gemm"))]).run(model, ctx)
+    # assert: still float16 at opset 11, and both steps say they were undone
+    assert {t.data_type for t in result.model.graph.initializer} == {TensorProto.FLOAT16}
+    assert result.model.opset_import[0].version == 11
+    assert [(r.pass_name, r.modified) for r in result.prelude] == [("opset-upgrade", False), ("fp32", False)]
+    assert all(r.notes[-1] == "undone: no pass changed the model, so the original is kept" for r in result.prelude)
