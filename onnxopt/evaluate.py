@@ -1,5 +1,8 @@
 """Compare two models: accuracy, top-1 agreement, output errors, paired latency, size, and
-warnings wherever the measurement cannot support the claim it seems to make.
+warnings wherever the measurement cannot support the claim it seems to make (``onnxopt.claims``).
+
+Latency is timed against A after the lossless canonical rewrites (``onnxopt.baseline``), with A,
+canonical A and B interleaved in one run; the canonical gain is reported on its own.
 
 Outputs are compared batch by batch with running sums, so memory does not grow with the number of
 samples. Each model is fed its own input dtypes (the batch is cast per model) and outputs are
