@@ -2,7 +2,8 @@
 
 A pass is a dataclass whose fields are its typed settings, with class-level facts about it
 (``name``, ``needs_calibration``, ``lossy``, ``idempotent``, ``tolerance``). The pipeline calls
-``requires`` (raise ``PreconditionError`` saying why it cannot apply), then ``run`` (edit the
+``requires`` (raise ``PreconditionError`` saying why it cannot apply), then runs the passes that
+``prerequisites`` declares as a sub-pipeline on the same graph, then ``run`` (edit the
 onnx-graphsurgeon graph in place, return a ``PassReport``), then ``ensures`` (postconditions).
 """
 
@@ -74,6 +75,8 @@ class PassReport:
     skipped: list[Skip] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: reports of the passes this one declared in ``Pass.prerequisites``, in the order they ran
+    prerequisites: list[PassReport] = field(default_factory=list)
 
     @property
     def modified(self) -> bool:
@@ -83,8 +86,9 @@ class PassReport:
         self.skipped.append(Skip(target, reason))
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = dataclasses.asdict(dataclasses.replace(self, prerequisites=[]))
         out["modified"] = self.modified
+        out["prerequisites"] = [r.to_dict() for r in self.prerequisites]
         return out
 
 
@@ -113,6 +117,12 @@ class Pass:
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """Raise ``PreconditionError`` with the reason when the pass cannot apply."""
+
+    def prerequisites(self, graph: gs.Graph) -> list[Pass]:
+        """Passes to run first, on the same graph, after ``requires`` (their ``requires``, cleanup and
+        ``ensures`` apply, their reports nest in this pass's). What they change is kept only when this
+        pass then modifies the graph."""
+        return []
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         raise NotImplementedError

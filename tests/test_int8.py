@@ -362,9 +362,9 @@ def test_prepare_folds_batchnorm_scale_bias_adds_sum_and_matmul_add(rng: np.rand
     # execute
     out, report = apply_pass(Int8(), model, _ctx(model, x))
     # assert: every float op around the layers is gone into them, and onnxruntime fuses them all
-    assert report.details["prepared"] == {"constants_folded": 0, "batchnorm_folded": 1, "sum_to_add": 1,
-                                          "conv_mul_to_weight": 1, "conv_add_to_bias": 1, "matmul_add_to_gemm": 1,
-                                          "nodes_renamed": 0}
+    assert {r.pass_name: r.changes for r in report.prerequisites} == {
+        "name-nodes": 0, "fold-batchnorm": 1, "sum-to-add": 1, "fold-conv-mul": 1, "fold-conv-add": 1,
+        "matmul-add-to-gemm": 1}
     ops = op_counts(out)
     assert (ops["Conv"], ops["Gemm"], ops["Add"], ops["Relu"]) == (2, 1, 1, 1)
     assert not {"BatchNormalization", "MatMul", "Sum", "Mul"} & set(ops)
@@ -461,7 +461,9 @@ def test_already_quantized_model_is_refused_and_can_be_requantized(rng: np.rando
         apply_pass(Int8(), quantized, _ctx(model, x))
     again, report = apply_pass(Int8(requantize=True), quantized, _ctx(model, x))
     assert op_counts(again) == op_counts(quantized)
-    assert any("removed 4 Q/DQ pair(s)" in note for note in report.notes)
+    strip = report.prerequisites[0]
+    assert strip.pass_name == "strip-qdq" and strip.changes == 4
+    assert any("removed 4 Q/DQ pair(s)" in note for note in strip.notes)
 
 
 def test_requantize_dequantizes_constant_operands(rng: np.random.Generator) -> None:
@@ -478,7 +480,7 @@ def test_requantize_dequantizes_constant_operands(rng: np.random.Generator) -> N
     # execute
     out, report = apply_pass(Int8(requantize=True), model, _ctx(model, x))
     # assert: the old pair is gone, the constant is 2.0 again, and the graph is quantized afresh
-    assert "removed 1 Q/DQ pair(s)" in report.notes[0]
+    assert "removed 1 Q/DQ pair(s)" in report.prerequisites[0].notes[0]
     assert report.details["quantized_ops"] == {"Conv": 1, "Mul": 1}
     mul = _node(out, "mul")
     constant = _producer(out, mul.input[1])
@@ -516,8 +518,9 @@ def test_old_opset_is_refused_for_per_channel_unless_upgraded(rng: np.random.Gen
     per_tensor, _ = apply_pass(Int8(per_channel=False), model, ctx)
     upgraded, report = apply_pass(Int8(upgrade_opset=True), model, ctx)
     assert per_tensor.opset_import[0].version == 11 and upgraded.opset_import[0].version == 13
-    assert "opset upgraded from 11 to 13" in report.notes[0]
-    assert report.details["prepared"]["opset"] == {"from": 11, "to": 13}
+    upgrade = report.prerequisites[0]
+    assert upgrade.pass_name == "upgrade-opset" and "opset upgraded from 11 to 13" in upgrade.notes[0]
+    assert upgrade.details["opset"] == {"from": 11, "to": 13}
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
@@ -533,7 +536,7 @@ def test_opset_below_10_is_only_offered_the_upgrade(per_channel: bool, rng: np.r
     assert "per_channel=false" not in str(refused.value)
     target = 13 if per_channel else 10
     assert upgraded.opset_import[0].version == target
-    assert report.details["prepared"]["opset"] == {"from": 9, "to": target} and report.changes == 1
+    assert report.prerequisites[0].details["opset"] == {"from": 9, "to": target} and report.changes == 1
 
 
 def test_upgrade_without_anything_to_quantize_leaves_the_model_unchanged(rng: np.random.Generator) -> None:
@@ -674,9 +677,7 @@ def test_kernel_deviation_hint_names_saturation_only_where_it_can_happen(
     from onnxopt.hardware import CpuInfo
 
     monkeypatch.setattr(int8_module, "cpu_info", lambda: CpuInfo(cpu[0], "test", cpu[1], None))
-    pass_ = Int8(reduce_range=reduce_range)
-    pass_._reduce = reduce_range
-    hint = pass_._deviation_hint(PassContext(), 12)
+    hint = Int8(reduce_range=reduce_range)._deviation_hint(PassContext(), 12, reduce_range)
     assert ("saturation" in hint) is saturation
     assert saturation or "12 layer(s)" in hint
 
@@ -755,7 +756,8 @@ def test_scale_folds_into_one_of_two_convs_sharing_a_weight(rng: np.random.Gener
     # execute
     out, report = apply_pass(Int8(), model, _ctx(model, x))
     # assert: conv1 gets a doubled copy of the weight, conv2 keeps the original values
-    assert report.details["prepared"]["conv_mul_to_weight"] == 1 and "Mul" not in op_counts(out)
+    conv_mul = next(r for r in report.prerequisites if r.pass_name == "fold-conv-mul")
+    assert conv_mul.changes == 1 and "Mul" not in op_counts(out)
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.03 * np.linalg.norm(a)
 

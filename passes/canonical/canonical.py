@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import constant_value, default_opset, rewire
+from onnxopt.graph import constant_value, default_opset, node_label, rewire
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from passes.canonical.util import (
     INFERENCE_FAILURES,
@@ -25,7 +25,6 @@ from passes.canonical.util import (
     apply_inferred,
     first_line,
     infer,
-    node_label,
     owns,
 )
 

@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-from onnxopt.graph import inference_probe, subgraphs
+from onnxopt.graph import STANDARD_DOMAINS, inference_probe, subgraphs
 from onnxopt.pass_base import PassReport
 
 
@@ -24,17 +24,12 @@ def all_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
         yield from g.nodes
 
 
-def node_label(node: gs.Node) -> str:
-    return node.name or f"{node.op}->{node.outputs[0].name if node.outputs else '?'}"
-
-
 def owns(g: gs.Graph, node: gs.Node) -> bool:
     return any(n is node for n in g.nodes)
 
 
 INFERENCE_FAILURES = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError,
                        RuntimeError, TypeError, OnnxGraphSurgeonException)
-STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 
 @dataclass(frozen=True)

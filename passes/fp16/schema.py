@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import export
+from onnxopt.graph import export, is_default_domain
 
 FLOAT16 = "tensor(float16)"
 FLOAT = "tensor(float)"
@@ -38,7 +38,7 @@ class Binding:
 
 def find_schema(node: gs.Node, opsets: dict[str, int]) -> onnx.defs.OpSchema | None:
     """The schema of ``node`` at the opset the model imports for its domain, or ``None``."""
-    domain = "" if node.domain in (None, "", "ai.onnx") else node.domain
+    domain = "" if is_default_domain(node) else node.domain
     version = opsets.get(domain)
     if version is None:
         return None
