@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import SparseValues
+from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,10 @@ def copy_graph(graph: gs.Graph) -> gs.Graph:
     return copied
 
 
-def rewire(old: gs.Tensor, new: gs.Tensor) -> None:
-    """Make every consumer of ``old`` (subgraph consumers included) read ``new`` instead."""
-    for consumer in list(old.outputs):
+def rewire(old: gs.Tensor, new: gs.Tensor, consumers: Iterable[gs.Node] | None = None) -> None:
+    """Make every consumer of ``old`` (subgraph consumers included), or only ``consumers``, read
+    ``new`` instead."""
+    for consumer in list(old.outputs) if consumers is None else list(consumers):
         for i, t in enumerate(consumer.inputs):
             if t is old:
                 consumer.inputs[i] = new
@@ -164,6 +166,11 @@ def inference_probe(graph: gs.Graph) -> onnx.ModelProto:
     return model
 
 
+#: what onnx shape inference raises on a graph it cannot type (custom ops, inconsistent types)
+INFERENCE_FAILURES = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError,
+                      TypeError, OnnxGraphSurgeonException)
+
+
 @dataclass
 class TypeInfo:
     """Element type and shape (``None`` for a symbolic or unknown dim) of the main graph's tensors."""
@@ -180,7 +187,7 @@ def infer_types(graph: gs.Graph, *, data_prop: bool = False) -> TypeInfo:
     model = inference_probe(graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=data_prop).graph
-    except (onnx.shape_inference.InferenceError, ValueError) as exc:
+    except INFERENCE_FAILURES as exc:
         logger.info("shape inference failed (%s); using declared types only", exc)
         inferred = model.graph
     info = TypeInfo()

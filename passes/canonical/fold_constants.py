@@ -10,12 +10,11 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import STANDARD_DOMAINS, constant_value, nbytes, node_label
+from onnxopt.graph import INFERENCE_FAILURES, STANDARD_DOMAINS, constant_value, nbytes, node_label
 from onnxopt.ops import QDQ_OPS
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.runtime import make_session
 from passes.canonical.util import (
-    INFERENCE_FAILURES,
     all_graphs,
     all_nodes,
     apply_inferred,

@@ -9,7 +9,6 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
-from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from onnxopt.graph import STANDARD_DOMAINS, inference_probe, subgraphs
 from onnxopt.pass_base import PassReport
@@ -28,8 +27,6 @@ def owns(g: gs.Graph, node: gs.Node) -> bool:
     return any(n is node for n in g.nodes)
 
 
-INFERENCE_FAILURES = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError,
-                       RuntimeError, TypeError, OnnxGraphSurgeonException)
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ def infer(graph: gs.Graph, notes: list[str]) -> list[dict[str, Inferred]]:
     tensor of the same name and a different type.
 
     Inference errors are reported in ``notes`` and inference reruns leniently, keeping what it can
-    infer; failures to run at all raise one of ``INFERENCE_FAILURES``.
+    infer; failures to run at all raise one of ``onnxopt.graph.INFERENCE_FAILURES``.
     """
     model = inference_probe(graph)
     try:
