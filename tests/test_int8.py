@@ -12,9 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
+from onnxopt.ops import INTEGER_OPS
 from onnxopt.pass_base import PassContext
 from onnxopt.runtime import make_session
 from passes.int8 import Int8
+from passes.int8.op_table import COMPUTE_OPS, FLOAT_COMPUTE_OPS, INTEGER_LAYER_OPS, OPS, Role
 
 
 def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], in_shape: list, out_shape: list,
@@ -775,3 +777,15 @@ def test_folded_constants_never_take_an_existing_name(rng: np.random.Generator) 
     # assert
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)
+
+
+def test_op_table_is_consistent_with_the_core_op_families() -> None:
+    # the sets the plan and the fusion report derive from the table
+    # assert: every kernel is one the core knows as quantized; every layer has a weight axis and a kernel
+    assert all(rule.kernels <= INTEGER_OPS for rule in OPS.values())
+    assert COMPUTE_OPS == {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+    assert all(OPS[op].weight_axis is not None and OPS[op].kernels for op in COMPUTE_OPS)
+    assert FLOAT_COMPUTE_OPS == COMPUTE_OPS | {"FusedConv", "FusedGemm", "FusedMatMul", "NhwcConv"}
+    assert INTEGER_LAYER_OPS == {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
+                                 "MatMulInteger", "QLinearConvTranspose", "DynamicQuantizeMatMul"}
+    assert not any(rule.float_output for rule in OPS.values() if rule.role is not Role.COMPUTE)

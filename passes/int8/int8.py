@@ -36,7 +36,8 @@ from passes.canonical import (ConstantFolding, FoldBatchNorm, FoldConvAdd, FoldC
 from passes.int8.emit import EmitResult, apply_plan
 from passes.int8.measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
                                   measure_budget)
-from passes.int8.plan import COVERED_OPS, Plan, PlanSettings, candidate_tensors, make_plan
+from passes.int8.op_table import COVERED_OPS
+from passes.int8.plan import Plan, PlanSettings, candidate_tensors, make_plan
 from passes.int8.prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized, check_opset,
                                   has_foldable_nodes)
 from passes.int8.steps import StripQdq, UpgradeOpset

@@ -20,16 +20,12 @@ from onnxopt.data import Batch, DataSource
 from onnxopt.graph import export, import_graph
 from onnxopt.runtime import iter_activations, make_session
 from passes.int8.emit import Emitter, weight_floors
-from passes.int8.plan import COMPUTE_OPS, Plan
+from passes.int8.op_table import FLOAT_COMPUTE_OPS, INTEGER_LAYER_OPS
+from passes.int8.plan import Plan
 from onnxopt.ops import INTEGER_OPS
 
 logger = logging.getLogger(__name__)
 
-#: float compute ops as they can appear in onnxruntime's optimized graph
-FLOAT_COMPUTE_OPS = COMPUTE_OPS | {"FusedConv", "FusedGemm", "FusedMatMul", "NhwcConv"}
-#: integer kernels that replace one compute layer each
-INTEGER_LAYER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
-                               "MatMulInteger", "QLinearConvTranspose", "DynamicQuantizeMatMul"})
 
 
 @dataclass(frozen=True)
