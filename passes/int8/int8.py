@@ -34,7 +34,7 @@ from onnxopt.settings_check import require_known
 from passes.canonical import (ConstantFolding, FoldBatchNorm, FoldConvAdd, FoldConvMul, MatMulAddToGemm, NameNodes,
                               SumToAdd)
 from passes.int8.emit import EmitResult, apply_plan
-from passes.int8.measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
+from passes.int8.measure import (Fusion, Limited, RunOptions, calibrate, fusion_report, layer_errors,
                                   measure_budget)
 from passes.int8.op_table import COVERED_OPS
 from passes.int8.plan import Plan, PlanSettings, candidate_tensors, make_plan
@@ -299,17 +299,17 @@ def _round(value: float) -> float:
     return float(f"{value:.6g}") if math.isfinite(value) else value
 
 
-def _note_fusion(report: PassReport, fused: dict[str, Any], providers: tuple[str, ...], hint: str) -> None:
-    report.details["fusion"] = fused
-    missing = fused["layers"] - fused["integer_layers"]
+def _note_fusion(report: PassReport, fused: Fusion, providers: tuple[str, ...], hint: str) -> None:
+    report.details["fusion"] = fused.to_dict()
+    missing = fused.layers - fused.integer_layers
     if missing > 0:
-        named = f": {', '.join(fused['unfused_layers'][:8])}" if fused["unfused_layers"] else ""
+        named = f": {', '.join(fused.unfused_layers[:8])}" if fused.unfused_layers else ""
         report.notes.append(
-            f"onnxruntime ({', '.join(providers)}) ran {missing} of {fused['layers']} quantized layer(s) in float, "
+            f"onnxruntime ({', '.join(providers)}) ran {missing} of {fused.layers} quantized layer(s) in float, "
             f"with Q/DQ around them (no integer kernel for that case){named}")
-    if fused["kernel_deviation"] > _KERNEL_DEVIATION:
+    if fused.kernel_deviation > _KERNEL_DEVIATION:
         report.notes.append(
-            f"onnxruntime's fused integer kernels differ from the Q/DQ reference by {fused['kernel_deviation']:.1%} "
+            f"onnxruntime's fused integer kernels differ from the Q/DQ reference by {fused.kernel_deviation:.1%} "
             f"of the output range ({hint})")
 
 
