@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import export, is_default_domain
+from onnxopt.graph import inference_probe, is_default_domain
 
 FLOAT16 = "tensor(float16)"
 FLOAT = "tensor(float)"
@@ -90,11 +90,10 @@ Types = dict[tuple[Scope, str], onnx.TypeProto.Tensor]
 
 
 def inferred_types(graph: gs.Graph) -> Types:
-    """Tensor types (element type and shape) of ``graph`` and its subgraphs from onnx type inference;
+    """Tensor types (element type and shape) of ``graph`` and its subgraphs from onnx type inference on
+    the weightless probe (``onnxopt.graph.inference_probe``: large weights are typed inputs there);
     raises ``onnx.shape_inference.InferenceError`` (or ``ValueError``) when inference fails."""
-    model = export(graph)
-    model.ir_version = max(model.ir_version, 4)  # IR < 4 types initializers through graph inputs
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    inferred = onnx.shape_inference.infer_shapes(inference_probe(graph), strict_mode=False)
     types: Types = {}
     pending: list[tuple[Scope, onnx.GraphProto]] = [((), inferred.graph)]
     while pending:
