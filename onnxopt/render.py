@@ -147,7 +147,8 @@ def _add_pass_rows(table: Table, reasons: list[Text], report: PassReport, parent
         _add_pass_rows(table, reasons, nested, label)
     style = None if report.modified else "dim"
     table.add_row(f"  {label}" if parent else label, str(report.changes), str(report.nodes_added),
-                  str(report.nodes_removed), str(len(report.skipped)), summarize_details(report.details), style=style)
+                  str(report.nodes_removed), str(len(report.skipped)), summarize_details(report.details_dict()),
+                  style=style)
     counts = Counter(s.reason for s in report.skipped)
     for reason, n in counts.most_common(SKIP_REASONS_SHOWN):
         reasons.append(Text(f"  {label}: skipped {n}× — {reason}", style="dim"))

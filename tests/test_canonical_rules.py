@@ -15,7 +15,8 @@ from passes.canonical import FoldConvAdd, FoldConvMul, MatMulAddToGemm, NameNode
 RTOL, ATOL = 1e-4, 1e-5
 
 
-def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], x: list, outputs: dict[str, list]) -> onnx.ModelProto:
+def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], x: list,
+           outputs: dict[str, list]) -> onnx.ModelProto:
     """float32 initializers, except int64 ones (shapes)."""
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping
+from typing import ClassVar, Literal, Mapping
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -33,6 +33,7 @@ from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import require_known
 from passes.canonical import (ConstantFolding, FoldBatchNorm, FoldConvAdd, FoldConvMul, MatMulAddToGemm, NameNodes,
                               SumToAdd)
+from passes.int8.details import BudgetInfo, CalibrationInfo, Int8Details, RangeEntry, ReduceRangeInfo
 from passes.int8.emit import EmitResult, apply_plan
 from passes.int8.measure import (Fusion, Limited, RunOptions, calibrate, fusion_report, layer_errors,
                                   measure_budget)
@@ -56,6 +57,8 @@ class _Run:
 
     #: int8 weights in [-63, 63] instead of [-127, 127]
     reduce: bool
+    #: what ``reduce`` was decided for, when ``reduce_range`` was left to the pass
+    decided_for: str | None
     #: element types and shapes of the prepared graph's tensors
     types: TypeInfo
 
@@ -143,14 +146,7 @@ class Int8(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         reduce, why = self._resolve_reduce_range(ctx)
-        state = _Run(reduce, infer_types(graph))
-        report = self._quantize(graph, ctx, state)
-        if why is not None and report.modified:
-            report.details["reduce_range"] = {"value": reduce, "decided_for": why}
-            bound = 63 if reduce else 127
-            report.notes.append(f"reduce_range={str(reduce).lower()} (int8 weights in [-{bound}, {bound}]) "
-                                f"chosen for {why}; set reduce_range explicitly for another deployment CPU")
-        return report
+        return self._quantize(graph, ctx, _Run(reduce, why, infer_types(graph)))
 
     def _quantize(self, graph: gs.Graph, ctx: PassContext, state: _Run) -> PassReport:
         report = PassReport(self.name)
@@ -164,6 +160,7 @@ class Int8(Pass):
             raise PreconditionError("int8 needs calibration data; give --calib (CLI) or calibration= (API)")
         data = Limited(ctx.calibration, self.calibration_samples)
         run = RunOptions(self.batch_size, tuple(ctx.providers), ctx.threads, ctx.progress)
+        budget = None
         if self.max_drop is None:
             # onnxruntime reads the weights from the working graph's arrays: no exported copy
             observers = calibrate(graph, plan.observed, data, self.method, self._observer_options(), run)
@@ -176,14 +173,21 @@ class Int8(Pass):
             observers = calibrate(float_model, candidate_tensors(graph, state.types.dtypes), data, self.method,
                                   self._observer_options(), run)
             samples = data.seen
-            model, plan, emitted = self._meet_budget(float_model, state, plan, observers, data, run, report,
-                                                     self.max_drop)
+            model, plan, emitted, budget = self._meet_budget(float_model, state, plan, observers, data, run, report,
+                                                             self.max_drop)
             params = self._params(observers, plan)
             replace_contents(graph, import_graph(model))
-        self._describe(report, plan, emitted, observers, params, samples, ctx.calibration)
+        details = self._describe(report, plan, emitted, observers, params, samples, ctx.calibration)
+        details.budget = budget
         assert data.first is not None  # calibration read a batch: empty data sets are refused when opened
-        _note_fusion(report, fusion_report(graph, plan, ctx.providers, data.first), ctx.providers,
-                     self._deviation_hint(ctx, len(plan.layers), state.reduce))
+        details.fusion = fusion_report(graph, plan, ctx.providers, data.first)
+        _note_fusion(report, details.fusion, ctx.providers, self._deviation_hint(ctx, len(plan.layers), state.reduce))
+        if state.decided_for is not None:
+            details.reduce_range = ReduceRangeInfo(state.reduce, state.decided_for)
+            bound = 63 if state.reduce else 127
+            report.notes.append(f"reduce_range={str(state.reduce).lower()} (int8 weights in [-{bound}, {bound}]) chosen "
+                                f"for {state.decided_for}; set reduce_range explicitly for another deployment CPU")
+        report.details = details
         return report
 
     # -- steps --------------------------------------------------------------------------------
@@ -238,7 +242,7 @@ class Int8(Pass):
 
     def _meet_budget(self, float_model: onnx.ModelProto, state: _Run, plan: Plan,
                      observers: Mapping[str, Observer], data: Limited, run: RunOptions, report: PassReport,
-                     max_drop: float) -> tuple[onnx.ModelProto, Plan, EmitResult]:
+                     max_drop: float) -> tuple[onnx.ModelProto, Plan, EmitResult, BudgetInfo]:
         """Return the layers with the largest own error to float, one at a time, until the drop fits."""
         params = self._params(observers, plan)
         model, emitted = self._build(float_model, plan, params)
@@ -257,16 +261,14 @@ class Int8(Pass):
             budget = measure_budget(float_model, model, data, run)
             steps.append({"returned": layer, **budget.to_dict()})
         met = budget.drop <= max_drop
-        report.details["budget"] = {
-            "max_drop": max_drop, "met": met, "returned_to_float": list(keep), "steps": steps,
-            "layer_nmse": {k: float(f"{v:.4g}") for k, v in sorted(errors.items(), key=lambda kv: -kv[1])}}
         if not met:
             report.notes.append(f"accuracy budget not met: {budget.metric} drop {budget.drop:.2f} pp > "
                                 f"{max_drop} pp with every quantized layer tried")
-        return model, plan, emitted
+        nmse = {k: float(f"{v:.4g}") for k, v in sorted(errors.items(), key=lambda kv: -kv[1])}
+        return model, plan, emitted, BudgetInfo(max_drop, met, list(keep), steps, nmse)
 
     def _describe(self, report: PassReport, plan: Plan, emitted: EmitResult, observers: Mapping[str, Observer],
-                  params: Mapping[str, QParams], samples: int, calibration: DataSource) -> None:
+                  params: Mapping[str, QParams], samples: int, calibration: DataSource) -> Int8Details:
         _add_skips(report, plan)
         report.notes.extend(plan.notes + emitted.notes)
         report.changes = len(plan.nodes)
@@ -276,31 +278,17 @@ class Int8(Pass):
         if nonfinite:
             report.notes.append(f"NaN/inf values ignored during calibration in: {', '.join(nonfinite[:8])}")
         used = {source for source in plan.tensors.values()}
-        report.details.update({
-            "method": self.method, "activation_type": self.activation_type, "per_channel": self.per_channel,
-            "calibration": {"samples": samples, "source": calibration.description,
-                            "observed_tensors": len(observers)},
-            "quantized_ops": plan.op_counts(),
-            "layers": len(plan.layers),
-            "qdq_pairs": emitted.qdq_pairs, "int8_weights": emitted.weights, "int32_biases": emitted.biases,
-            "relu_clip_as_clamp": list(plan.folded), "float_outputs": list(plan.float_outputs),
-            "ranges": {name: _range_entry(observers[name], params[name]) for name in plan.tensors
-                       if name in used and name in observers},
-        })
-
-
-def _range_entry(observer: Observer, qp: QParams) -> dict[str, Any]:
-    low, high = qp.representable
-    return {"min": _round(observer.lo), "max": _round(observer.hi), "clip": [_round(low), _round(high)],
-            "scale": _round(qp.scale), "zero_point": qp.zero_point}
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.6g}") if math.isfinite(value) else value
+        return Int8Details(
+            method=self.method, activation_type=self.activation_type, per_channel=self.per_channel,
+            calibration=CalibrationInfo(samples, calibration.description, len(observers)),
+            quantized_ops=plan.op_counts(), layers=len(plan.layers),
+            qdq_pairs=emitted.qdq_pairs, int8_weights=emitted.weights, int32_biases=emitted.biases,
+            relu_clip_as_clamp=list(plan.folded), float_outputs=list(plan.float_outputs),
+            ranges={name: RangeEntry.of(observers[name], params[name]) for name in plan.tensors
+                    if name in used and name in observers})
 
 
 def _note_fusion(report: PassReport, fused: Fusion, providers: tuple[str, ...], hint: str) -> None:
-    report.details["fusion"] = fused.to_dict()
     missing = fused.layers - fused.integer_layers
     if missing > 0:
         named = f": {', '.join(fused.unfused_layers[:8])}" if fused.unfused_layers else ""

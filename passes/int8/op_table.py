@@ -74,7 +74,9 @@ def clip_bounds(node: gs.Node) -> tuple[float | None, float | None]:
 
 def has_bias(node: gs.Node) -> bool:
     rule = OPS.get(node.op)
-    return rule is not None and rule.bias is not None and len(node.inputs) > rule.bias and bool(node.inputs[rule.bias].name)
+    if rule is None or rule.bias is None:
+        return False
+    return len(node.inputs) > rule.bias and bool(node.inputs[rule.bias].name)
 
 
 def _check_layer(node: gs.Node) -> str | None:
