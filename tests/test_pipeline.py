@@ -14,8 +14,10 @@ from rich.console import Console
 
 from conftest import op_counts, parse, run_model
 from onnxopt.errors import PreconditionError
+from onnxopt.inspect import inspect_model
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.pipeline import Pipeline
+from onnxopt.registry import Registry
 from onnxopt.render import render_pass_reports
 from passes.canonical import EliminateIdentity, FoldBatchNorm
 
@@ -103,3 +105,12 @@ def test_renderer_shows_prerequisites_under_their_pass() -> None:
     text = console.export_text()
     # assert: the nested row comes first, labelled with its parent
     assert text.index("negate-relu › eliminate-identity") < text.rindex("negate-relu ")
+
+
+def test_inspect_counts_what_a_pass_does_with_its_prerequisites() -> None:
+    # setup: negate-relu removes the Identity through its prerequisite, and turns Relu into Neg itself
+    registry = Registry([NegateRelu])
+    # execute
+    [preview] = inspect_model(parse(MODEL), registry).previews
+    # assert: eliminate-identity's change and removed node are counted with the pass's own
+    assert (preview.status, preview.changes, preview.nodes_added, preview.nodes_removed) == ("would change", 2, 1, 2)
