@@ -202,6 +202,30 @@ def infer_types(graph: gs.Graph, *, data_prop: bool = False) -> TypeInfo:
     return info
 
 
+def infer_scopes(graph: gs.Graph, *, strict: bool = False, data_prop: bool = False) -> list[dict[str, onnx.ValueInfoProto]]:
+    """What one onnx shape inference on the weightless probe finds, per graph of
+    ``[graph, *subgraphs(graph)]`` (same order): every value that graph sees by name, its own over
+    those of the graphs around it (two branches may each have a local tensor of one name and
+    different types). Raises one of ``INFERENCE_FAILURES``; ``strict`` raises on the first error."""
+    inferred = onnx.shape_inference.infer_shapes(inference_probe(graph), strict_mode=strict, data_prop=data_prop)
+    return _scope_values(inferred.graph, {})
+
+
+def _scope_values(g: onnx.GraphProto,
+                  outer: dict[str, onnx.ValueInfoProto]) -> list[dict[str, onnx.ValueInfoProto]]:
+    """The values ``g`` sees, then those of its nested graphs, depth-first in the order of
+    ``subgraphs`` (the probe is exported from the same graph). Read from the ValueInfoProtos directly:
+    importing the inferred graph again is slow."""
+    seen = dict(outer)
+    seen.update((vi.name, vi) for vi in (*g.input, *g.output, *g.value_info) if vi.type.ByteSize() > 0)
+    found = [seen]
+    for node in g.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                found.extend(_scope_values(attr.g, seen))
+    return found
+
+
 def constant_types(graph: gs.Graph) -> dict[str, np.dtype]:
     """The element type of each constant of the main graph."""
     return {name: np.dtype(t.dtype) for name, t in graph.tensors().items()

@@ -40,7 +40,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
 from onnxopt.errors import PostconditionError, PreconditionError
-from onnxopt.graph import export, subgraphs
+from onnxopt.graph import INFERENCE_FAILURES, export, subgraphs
 from onnxopt.ops import is_quantized_op
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import unknown_entries
@@ -114,7 +114,8 @@ class Fp16(Pass):
         report = PassReport(self.name)
         report.details["interface"] = {t.name: str(t.dtype) for t in [*graph.inputs, *graph.outputs]}
         types = self._types(graph, report)
-        if not float32_tensors(graph) and all(t.elem_type != onnx.TensorProto.FLOAT for t in types.values()):
+        if not float32_tensors(graph) and all(t.elem_type != onnx.TensorProto.FLOAT
+                                              for scope in types for t in scope.values()):
             report.notes.append("no float32 tensors (already float16, or integer-only): nothing to convert")
             return report
         graph.toposort()
@@ -131,9 +132,9 @@ class Fp16(Pass):
     def _types(graph: gs.Graph, report: PassReport) -> Types:
         try:
             return inferred_types(graph)
-        except (onnx.shape_inference.InferenceError, ValueError) as exc:
+        except INFERENCE_FAILURES as exc:
             report.notes.append(f"type inference failed ({_first_line(exc)}): untyped tensors are left alone")
-            return {}
+            return []
 
     def prerequisites(self, graph: gs.Graph) -> list[Pass]:
         """BatchNormalization folding (see ``fold_batchnorm``) of what float16 can hold and the block lists allow."""
