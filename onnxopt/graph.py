@@ -10,14 +10,32 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import SparseValues
+from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 logger = logging.getLogger(__name__)
+
+#: the domain names of the default ONNX operator set (``None``: onnx-graphsurgeon's unset domain)
+DEFAULT_DOMAINS = frozenset({None, "", "ai.onnx"})
+#: domains whose ops onnxruntime implements (default ONNX, ONNX-ML, its own contrib ops)
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
+
+def is_default_domain(node: gs.Node) -> bool:
+    """Whether ``node`` is an op of the default ONNX operator set."""
+    return node.domain in DEFAULT_DOMAINS
+
+
+def node_label(node: gs.Node) -> str:
+    """How reports name a node: its name, else ``op->first output`` (exporters often leave names empty)."""
+    output = next((t.name for t in node.outputs if t.name), "?")
+    return node.name or f"{node.op}->{output}"
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -62,9 +80,10 @@ def copy_graph(graph: gs.Graph) -> gs.Graph:
     return copied
 
 
-def rewire(old: gs.Tensor, new: gs.Tensor) -> None:
-    """Make every consumer of ``old`` (subgraph consumers included) read ``new`` instead."""
-    for consumer in list(old.outputs):
+def rewire(old: gs.Tensor, new: gs.Tensor, consumers: Iterable[gs.Node] | None = None) -> None:
+    """Make every consumer of ``old`` (subgraph consumers included), or only ``consumers``, read
+    ``new`` instead."""
+    for consumer in list(old.outputs) if consumers is None else list(consumers):
         for i, t in enumerate(consumer.inputs):
             if t is old:
                 consumer.inputs[i] = new
@@ -147,6 +166,72 @@ def inference_probe(graph: gs.Graph) -> onnx.ModelProto:
     return model
 
 
+#: what onnx shape inference raises on a graph it cannot type (custom ops, inconsistent types)
+INFERENCE_FAILURES = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError,
+                      TypeError, OnnxGraphSurgeonException)
+
+
+@dataclass
+class TypeInfo:
+    """Element type and shape (``None`` for a symbolic or unknown dim) of the main graph's tensors."""
+
+    dtypes: dict[str, np.dtype | None] = field(default_factory=dict)
+    shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+
+
+def infer_types(graph: gs.Graph, *, data_prop: bool = False) -> TypeInfo:
+    """The element type and shape of every main-graph tensor that onnx shape inference can tell (with
+    ``data_prop``: also shapes computed from Shape ops), from one lenient inference on the weightless
+    probe (see ``inference_probe``); constants keep their own types. When inference fails, the
+    declared types are used."""
+    model = inference_probe(graph)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=data_prop).graph
+    except INFERENCE_FAILURES as exc:
+        logger.info("shape inference failed (%s); using declared types only", exc)
+        inferred = model.graph
+    info = TypeInfo()
+    for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+        tensor_type = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        elem = tensor_type.elem_type if tensor_type is not None else 0
+        info.dtypes[vi.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else None
+        if tensor_type is not None and tensor_type.HasField("shape"):
+            info.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                         for d in tensor_type.shape.dim)
+    info.dtypes.update(constant_types(graph))
+    return info
+
+
+def infer_scopes(graph: gs.Graph, *, strict: bool = False, data_prop: bool = False) -> list[dict[str, onnx.ValueInfoProto]]:
+    """What one onnx shape inference on the weightless probe finds, per graph of
+    ``[graph, *subgraphs(graph)]`` (same order): every value that graph sees by name, its own over
+    those of the graphs around it (two branches may each have a local tensor of one name and
+    different types). Raises one of ``INFERENCE_FAILURES``; ``strict`` raises on the first error."""
+    inferred = onnx.shape_inference.infer_shapes(inference_probe(graph), strict_mode=strict, data_prop=data_prop)
+    return _scope_values(inferred.graph, {})
+
+
+def _scope_values(g: onnx.GraphProto,
+                  outer: dict[str, onnx.ValueInfoProto]) -> list[dict[str, onnx.ValueInfoProto]]:
+    """The values ``g`` sees, then those of its nested graphs, depth-first in the order of
+    ``subgraphs`` (the probe is exported from the same graph). Read from the ValueInfoProtos directly:
+    importing the inferred graph again is slow."""
+    seen = dict(outer)
+    seen.update((vi.name, vi) for vi in (*g.input, *g.output, *g.value_info) if vi.type.ByteSize() > 0)
+    found = [seen]
+    for node in g.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                found.extend(_scope_values(attr.g, seen))
+    return found
+
+
+def constant_types(graph: gs.Graph) -> dict[str, np.dtype]:
+    """The element type of each constant of the main graph."""
+    return {name: np.dtype(t.dtype) for name, t in graph.tensors().items()
+            if isinstance(t, gs.Constant) and t.dtype is not None}
+
+
 def subgraph_protos(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
     """Every subgraph below ``graph`` (If/Loop/Scan bodies, nested ones included)."""
     found = []
@@ -214,7 +299,7 @@ def replace_contents(graph: gs.Graph, other: gs.Graph) -> None:
 def default_opset(graph: gs.Graph) -> int:
     """The version of the default ("" / ai.onnx) opset the graph imports."""
     for imp in graph.import_domains or []:
-        if imp.domain in ("", "ai.onnx"):
+        if imp.domain in DEFAULT_DOMAINS:
             return int(imp.version)
     return int(graph.opset)
 
@@ -262,3 +347,10 @@ class FreshNames:
             name = f"{base}_{i}"
         self._taken.add(name)
         return name
+
+
+def unique_node_names(graph: gs.Graph) -> list[str]:
+    """The name of each main-graph node once unnamed and duplicate-named ones get unique names
+    (``op_index`` for an unnamed one, ``name_1`` ... for a repeated one)."""
+    seen = FreshNames()
+    return [seen.fresh(node.name or f"{node.op}_{i}") for i, node in enumerate(graph.nodes)]

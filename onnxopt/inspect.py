@@ -9,7 +9,7 @@ from typing import Any
 import onnx
 
 from onnxopt.errors import PassError
-from onnxopt.pass_base import PassContext
+from onnxopt.pass_base import PassContext, PassReport
 from onnxopt.pipeline import Pipeline
 from onnxopt.registry import Registry, default_registry
 from onnxopt.stats import ModelStats, model_stats
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PassPreview:
-    """What one pass would do to the model at its default settings."""
+    """What one pass would do to the model at its default settings (with what its prerequisites do)."""
 
     name: str
     status: str  # "would change", "no change", "needs calibration data", "not applicable"
@@ -55,7 +55,14 @@ def inspect_model(model: onnx.ModelProto, registry: Registry | None = None) -> I
         except PassError as exc:
             info.previews.append(PassPreview(cls.name, "not applicable", reason=str(exc)))
             continue
+        counted = _with_prerequisites(report) if report.modified else [report]  # else they were undone
         info.previews.append(PassPreview(
-            cls.name, "would change" if report.modified else "no change", report.changes,
-            report.nodes_added, report.nodes_removed, len(report.skipped)))
+            cls.name, "would change" if report.modified else "no change", sum(r.changes for r in counted),
+            sum(r.nodes_added for r in counted), sum(r.nodes_removed for r in counted),
+            sum(len(r.skipped) for r in counted)))
     return info
+
+
+def _with_prerequisites(report: PassReport) -> list[PassReport]:
+    """``report`` and the reports of the prerequisites it ran (theirs too): what the pass did in all."""
+    return [report, *(r for nested in report.prerequisites for r in _with_prerequisites(nested))]

@@ -2,7 +2,8 @@
 
 A pass is a dataclass whose fields are its typed settings, with class-level facts about it
 (``name``, ``needs_calibration``, ``lossy``, ``idempotent``, ``tolerance``). The pipeline calls
-``requires`` (raise ``PreconditionError`` saying why it cannot apply), then ``run`` (edit the
+``requires`` (raise ``PreconditionError`` saying why it cannot apply), then runs the passes that
+``prerequisites`` declares as a sub-pipeline on the same graph, then ``run`` (edit the
 onnx-graphsurgeon graph in place, return a ``PassReport``), then ``ensures`` (postconditions).
 """
 
@@ -63,6 +64,22 @@ class Skip:
     reason: str
 
 
+class Details:
+    """Base of a pass's typed report details: a dataclass whose fields are the details. ``to_dict`` is
+    their JSON form (a field that is ``None`` is left out: a detail that did not apply), and
+    ``details[key]`` reads that form, for readers of the JSON."""
+
+    def to_dict(self) -> dict[str, Any]:
+        assert dataclasses.is_dataclass(self)  # subclasses are dataclasses
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_dict()
+
+
 @dataclass
 class PassReport:
     """What one pass did. ``changes`` counts edits in the pass's own unit (nodes, tensors, groups)."""
@@ -72,8 +89,11 @@ class PassReport:
     nodes_added: int = 0
     nodes_removed: int = 0
     skipped: list[Skip] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
+    #: what the pass found and did: a ``Details`` dataclass, or a plain dict of JSON values
+    details: dict[str, Any] | Details = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: reports of the passes this one declared in ``Pass.prerequisites``, in the order they ran
+    prerequisites: list[PassReport] = field(default_factory=list)
 
     @property
     def modified(self) -> bool:
@@ -82,9 +102,15 @@ class PassReport:
     def skip(self, target: str, reason: str) -> None:
         self.skipped.append(Skip(target, reason))
 
+    def details_dict(self) -> dict[str, Any]:
+        """The details as JSON values."""
+        return self.details.to_dict() if isinstance(self.details, Details) else self.details
+
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = dataclasses.asdict(dataclasses.replace(self, prerequisites=[], details={}))
+        out["details"] = self.details_dict()
         out["modified"] = self.modified
+        out["prerequisites"] = [r.to_dict() for r in self.prerequisites]
         return out
 
 
@@ -121,6 +147,12 @@ class Pass:
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """Raise ``PreconditionError`` with the reason when the pass cannot apply."""
+
+    def prerequisites(self, graph: gs.Graph) -> list[Pass]:
+        """Passes to run first, on the same graph, after ``requires`` (their ``requires``, cleanup and
+        ``ensures`` apply, their reports nest in this pass's). What they change is kept only when this
+        pass then modifies the graph."""
+        return []
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
         raise NotImplementedError

@@ -133,24 +133,34 @@ def print_comparison(cmp: Comparison, console: Console | None = None) -> None:
 # -- passes -------------------------------------------------------------------------------------
 
 def render_pass_reports(reports: Sequence[PassReport]) -> RenderableType:
-    """One row per pass: changes, nodes added/removed, skipped count, key details; then skip reasons."""
+    """One row per pass (its prerequisites first, indented under it): changes, nodes added/removed,
+    skipped count, key details; then skip reasons and notes."""
     table = Table(title="passes", title_justify="left", show_edge=False, header_style="bold")
     for name, justify in (("pass", "left"), ("changes", "right"), ("+nodes", "right"), ("−nodes", "right"),
                           ("skipped", "right"), ("details", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     reasons: list[Text] = []
     for report in reports:
-        style = None if report.modified else "dim"
-        table.add_row(report.pass_name, str(report.changes), str(report.nodes_added), str(report.nodes_removed),
-                      str(len(report.skipped)), summarize_details(report.details), style=style)
-        counts = Counter(s.reason for s in report.skipped)
-        for reason, n in counts.most_common(SKIP_REASONS_SHOWN):
-            reasons.append(Text(f"  {report.pass_name}: skipped {n}× — {reason}", style="dim"))
-        if len(counts) > SKIP_REASONS_SHOWN:
-            reasons.append(Text(f"  {report.pass_name}: … {len(counts) - SKIP_REASONS_SHOWN} more reason(s) "
-                                "in the JSON report", style="dim"))
-        reasons.extend(Text(f"  {report.pass_name}: {note}", style="dim") for note in report.notes)
+        _add_pass_rows(table, reasons, report, "")
     return Group(table, *reasons)
+
+
+def _add_pass_rows(table: Table, reasons: list[Text], report: PassReport, parent: str) -> None:
+    """Rows of ``report``'s prerequisites (labelled ``parent › name``), then its own row."""
+    label = f"{parent} › {report.pass_name}" if parent else report.pass_name
+    for nested in report.prerequisites:
+        _add_pass_rows(table, reasons, nested, label)
+    style = None if report.modified else "dim"
+    table.add_row(f"  {label}" if parent else label, str(report.changes), str(report.nodes_added),
+                  str(report.nodes_removed), str(len(report.skipped)), summarize_details(report.details_dict()),
+                  style=style)
+    counts = Counter(s.reason for s in report.skipped)
+    for reason, n in counts.most_common(SKIP_REASONS_SHOWN):
+        reasons.append(Text(f"  {label}: skipped {n}× — {reason}", style="dim"))
+    if len(counts) > SKIP_REASONS_SHOWN:
+        reasons.append(Text(f"  {label}: … {len(counts) - SKIP_REASONS_SHOWN} more reason(s) "
+                            "in the JSON report", style="dim"))
+    reasons.extend(Text(f"  {label}: {note}", style="dim") for note in report.notes)
 
 
 def summarize_details(details: dict[str, Any], width: int = DETAIL_WIDTH) -> str:

@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import onnx
@@ -20,9 +20,16 @@ from onnxopt.model_io import EXTERNAL_DATA_THRESHOLD, tensor_bytes
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from onnxopt.data import DataSource
+    from onnxopt.data_source import Batch
 
 logger = logging.getLogger(__name__)
+
+
+class BatchStream(Protocol):
+    """What ``iter_activations`` reads: batches as ``onnxopt.data.DataSource.batches`` yields them
+    (a data source, or a view of one such as the int8 pass's sample limit)."""
+
+    def batches(self, batch_size: int = 32, *, progress: bool = False, description: str = "") -> Iterator[Batch]: ...
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 #: above this much weight data, optimized activation sessions skip onnxruntime's NCHWc transform:
@@ -185,7 +192,7 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 def iter_activations(
     model: gs.Graph | onnx.ModelProto,
     names: Sequence[str],
-    data: DataSource,
+    data: BatchStream,
     *,
     batch_size: int = 32,
     providers: Sequence[str] = DEFAULT_PROVIDERS,

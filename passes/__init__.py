@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 def _builtin_passes() -> tuple[type[Pass], ...]:
     from passes.binary import BinaryWeights, UnpackBinary
-    from passes.canonical import (ConstantFolding, DeadNodeCleanup, EliminateIdentity, FoldBatchNorm,
-                                  ShapeInference)
+    from passes.canonical import (ConstantFolding, DeadNodeCleanup, EliminateIdentity, FoldBatchNorm, FoldConvAdd,
+                                  FoldConvMul, MatMulAddToGemm, NameNodes, ShapeInference, SumToAdd)
     from passes.fp16 import Fp16, Fp32
     from passes.int8 import Int8
     from passes.pruning import PruneChannels, RemoveBlocks
@@ -27,6 +27,11 @@ def _builtin_passes() -> tuple[type[Pass], ...]:
         EliminateIdentity,
         FoldBatchNorm,
         DeadNodeCleanup,
+        NameNodes,
+        SumToAdd,
+        FoldConvMul,
+        FoldConvAdd,
+        MatMulAddToGemm,
         # precision
         Fp16,
         Fp32,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -12,10 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
+from onnxopt.ops import INTEGER_OPS
 from onnxopt.pass_base import PassContext
 from onnxopt.pipeline import Pipeline
 from onnxopt.runtime import make_session
 from passes.int8 import Int8
+from passes.int8.op_table import COMPUTE_OPS, FLOAT_COMPUTE_OPS, INTEGER_LAYER_OPS, OPS, Role
 
 
 def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], in_shape: list, out_shape: list,
@@ -79,9 +82,9 @@ def test_cnn_is_quantized_fused_and_close(method: str, rng: np.random.Generator)
     assert op_counts(out) == {"QuantizeLinear": 4, "DequantizeLinear": 8, "Conv": 1, "Relu": 1, "MaxPool": 1,
                               "Flatten": 1, "Gemm": 1}
     assert [o.name for o in out.graph.output] == ["y"]
-    assert report.details["relu_clip_as_clamp"] == ["c1"] and report.details["float_outputs"] == ["y"]
-    assert report.details["fusion"]["integer_kernels"] == {"QGemm": 1, "QLinearConv": 1}
-    assert report.details["fusion"]["float_compute_ops"] == {} and report.details["fusion"]["unfused_layers"] == []
+    assert report.details.relu_clip_as_clamp == ["c1"] and report.details.float_outputs == ["y"]
+    assert report.details.fusion.integer_kernels == {"QGemm": 1, "QLinearConv": 1}
+    assert report.details.fusion.float_compute_ops == {} and report.details.fusion.unfused_layers == []
     assert _qparams(out, "p1_Q") == _qparams(out, "r1_Q") == _qparams(out, "f1_Q")  # MaxPool, Flatten reuse it
     assert _initializer(out, "r1_zp") == 0  # Relu output: zero point = qmin
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
@@ -106,7 +109,7 @@ def test_pooling_after_the_last_layer_is_quantized_so_dequantization_runs_on_the
     dq = _producer(out, "y")
     assert dq.op_type == "DequantizeLinear" and _producer(out, dq.input[0]).op_type == "QuantizeLinear"
     assert _producer(out, _producer(out, dq.input[0]).input[0]).op_type == "GlobalAveragePool"
-    assert report.details["fusion"]["integer_kernels"] == {"QLinearConv": 1, "QLinearGlobalAveragePool": 1}
+    assert report.details.fusion.integer_kernels == {"QLinearConv": 1, "QLinearGlobalAveragePool": 1}
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.02 * np.linalg.norm(a)
 
@@ -131,7 +134,7 @@ def test_softmax_over_many_rows_runs_as_qlinearsoftmax(rng: np.random.Generator)
     assert dq.op_type == "DequantizeLinear" and _producer(out, q.input[0]).op_type == "Softmax"
     scale, zero_point = _qparams(out, q.name)
     assert zero_point == 0 and 0.5 / 255 < scale <= 1.0 / 255 + 1e-9
-    assert report.details["fusion"]["integer_kernels"] == {"QLinearConv": 1, "QLinearSoftmax": 1}
+    assert report.details.fusion.integer_kernels == {"QLinearConv": 1, "QLinearSoftmax": 1}
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.abs(a - b).max() < 0.05
 
@@ -147,7 +150,7 @@ def test_classifier_softmax_stays_float(rng: np.random.Generator) -> None:
     out, report = apply_pass(Int8(), model, _ctx(model, x))
     # assert: the Gemm writes float logits (QGemm), the Softmax stays float, and the report says why
     assert _producer(out, "y").op_type == "Softmax" and _producer(out, "logits").op_type == "Gemm"
-    assert report.details["float_outputs"] == ["logits"]
+    assert report.details.float_outputs == ["logits"]
     assert any(s.target == "probs" and "1 row(s) per sample stays float" in s.reason for s in report.skipped)
 
 
@@ -171,7 +174,7 @@ def test_weights_are_per_channel_int8_and_bias_int32(reduce_range: bool, bound: 
     np.testing.assert_allclose(_initializer(out, "conv1_b_s"), np.float32(x_scale) * scale, rtol=1e-6)
     fc_axis = helper.get_attribute_value(_node(out, "wg_DQ").attribute[0])
     assert fc_axis == 0 and _initializer(out, "wg_s").shape == (5,)  # Gemm transB=1: [N, K]
-    assert report.details["int8_weights"] == 2 and report.details["int32_biases"] == 2
+    assert report.details.int8_weights == 2 and report.details.int32_biases == 2
 
 
 def test_reduced_range_weights_run_the_same_in_the_fused_kernels(rng: np.random.Generator) -> None:
@@ -186,7 +189,7 @@ def test_reduced_range_weights_run_the_same_in_the_fused_kernels(rng: np.random.
     reference = run_model(out, {"x": x})[0]
     fused = make_session(out, optimize=True).run(None, {"x": x})[0]
     np.testing.assert_array_equal(fused, reference)
-    assert report.details["fusion"]["kernel_deviation"] == 0.0
+    assert report.details.fusion.kernel_deviation == 0.0
 
 
 def test_per_tensor_option(rng: np.random.Generator) -> None:
@@ -246,7 +249,7 @@ def test_weight_shared_by_two_convs_is_quantized_for_both(rng: np.random.Generat
     assert len(readers) == 2
     weight_dq = {_producer(out, _node(out, name).input[1]).name for name in ("conv_a", "conv_b")}
     assert weight_dq == {r.name for r in readers}
-    assert report.details["fusion"]["integer_kernels"] == {"QLinearAdd": 1, "QLinearConv": 3}
+    assert report.details.fusion.integer_kernels == {"QLinearAdd": 1, "QLinearConv": 3}
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)
 
@@ -262,7 +265,7 @@ def test_relu_after_conv_in_symmetric_mode_is_kept_and_exact(rng: np.random.Gene
     # execute
     out, report = apply_pass(Int8(activation_type="int8"), model, _ctx(model, x))
     # assert: Conv output quantized with zero point 0, Relu kept between DQ and Q with the same scale
-    assert op_counts(out)["Relu"] == 1 and report.details["relu_clip_as_clamp"] == []
+    assert op_counts(out)["Relu"] == 1 and report.details.relu_clip_as_clamp == []
     relu = _node(out, "relu")
     assert _producer(out, relu.input[0]).op_type == "DequantizeLinear"
     assert _qparams(out, "r_Q") == _qparams(out, "c_Q")
@@ -291,8 +294,8 @@ def test_fan_out_fuses_every_layer(activation_type: str, rng: np.random.Generato
     # execute
     out, report = apply_pass(Int8(activation_type=activation_type), model, _ctx(model, x))
     # assert: int8 pairs are dedicated per consumer (onnxruntime turns them into uint8 one by one)
-    fusion = report.details["fusion"]
-    assert fusion["integer_layers"] == fusion["layers"] == 4 and fusion["integer_kernels"]["QLinearAdd"] == 1
+    fusion = report.details.fusion
+    assert fusion.integer_layers == fusion.layers == 4 and fusion.integer_kernels["QLinearAdd"] == 1
     relu_pairs = sum(1 for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r0")
     assert relu_pairs == (2 if activation_type == "int8" else 1)
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
@@ -330,9 +333,9 @@ def test_clip_folds_only_when_its_lower_bound_is_zero(rng: np.random.Generator) 
     # execute
     out, report = apply_pass(Int8(), model, _ctx(model, x))
     # assert
-    assert report.details["relu_clip_as_clamp"] == ["c1"]
+    assert report.details.relu_clip_as_clamp == ["c1"]
     assert op_counts(out)["Clip"] == 2
-    assert report.details["fusion"]["integer_kernels"] == {"QLinearConv": 3}
+    assert report.details.fusion.integer_kernels == {"QLinearConv": 3}
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)
 
@@ -363,13 +366,13 @@ def test_prepare_folds_batchnorm_scale_bias_adds_sum_and_matmul_add(rng: np.rand
     # execute
     out, report = apply_pass(Int8(), model, _ctx(model, x))
     # assert: every float op around the layers is gone into them, and onnxruntime fuses them all
-    assert report.details["prepared"] == {"constants_folded": 0, "batchnorm_folded": 1, "sum_to_add": 1,
-                                          "conv_mul_to_weight": 1, "conv_add_to_bias": 1, "matmul_add_to_gemm": 1,
-                                          "nodes_renamed": 0}
+    assert {r.pass_name: r.changes for r in report.prerequisites} == {
+        "name-nodes": 0, "fold-batchnorm": 1, "sum-to-add": 1, "fold-conv-mul": 1, "fold-conv-add": 1,
+        "matmul-add-to-gemm": 1}
     ops = op_counts(out)
     assert (ops["Conv"], ops["Gemm"], ops["Add"], ops["Relu"]) == (2, 1, 1, 1)
     assert not {"BatchNormalization", "MatMul", "Sum", "Mul"} & set(ops)
-    assert report.details["fusion"]["integer_kernels"] == {"QGemm": 1, "QLinearAdd": 1, "QLinearConv": 2}
+    assert report.details.fusion.integer_kernels == {"QGemm": 1, "QLinearAdd": 1, "QLinearConv": 2}
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)
 
@@ -384,11 +387,11 @@ def test_clipping_methods_keep_the_full_range_where_the_quantized_region_ends(rn
     # execute
     _, report = apply_pass(Int8(method="percentile", percentile=99.9), model, _ctx(model, x))
     # assert
-    ranges = report.details["ranges"]
-    assert ranges["c1"]["clip"][1] < 0.8 * ranges["c1"]["max"]  # inside: clipped for resolution
-    low, high = ranges["c2"]["clip"]
-    step = ranges["c2"]["scale"]
-    assert low <= ranges["c2"]["min"] + step and high >= ranges["c2"]["max"] - step  # exit: full range
+    ranges = report.details.ranges
+    assert ranges["c1"].clip[1] < 0.8 * ranges["c1"].max  # inside: clipped for resolution
+    low, high = ranges["c2"].clip
+    step = ranges["c2"].scale
+    assert low <= ranges["c2"].min + step and high >= ranges["c2"].max - step  # exit: full range
 
 
 # -- calibration data -------------------------------------------------------------------------
@@ -402,8 +405,8 @@ def test_variable_batch_sizes_give_the_same_ranges(rng: np.random.Generator) -> 
     _, one = apply_pass(Int8(batch_size=24), model, _ctx(model, x))
     _, many = apply_pass(Int8(batch_size=1), model, PassContext(calibration=open_data(chunks, model)))
     # assert
-    assert one.details["calibration"]["samples"] == many.details["calibration"]["samples"] == 24
-    assert one.details["ranges"] == many.details["ranges"]
+    assert one.details.calibration.samples == many.details.calibration.samples == 24
+    assert one.details.ranges == many.details.ranges
 
 
 def test_calibration_samples_limit(rng: np.random.Generator) -> None:
@@ -411,8 +414,8 @@ def test_calibration_samples_limit(rng: np.random.Generator) -> None:
     x = rng.standard_normal((40, 2, 8, 8)).astype(np.float32)
     _, limited = apply_pass(Int8(calibration_samples=10, batch_size=4), model, _ctx(model, x))
     _, first = apply_pass(Int8(), model, _ctx(model, x[:10]))
-    assert limited.details["calibration"]["samples"] == 10
-    assert limited.details["ranges"] == first.details["ranges"]
+    assert limited.details.calibration.samples == 10
+    assert limited.details.ranges == first.details.ranges
 
 
 # -- selection --------------------------------------------------------------------------------
@@ -462,7 +465,9 @@ def test_already_quantized_model_is_refused_and_can_be_requantized(rng: np.rando
         apply_pass(Int8(), quantized, _ctx(model, x))
     again, report = apply_pass(Int8(requantize=True), quantized, _ctx(model, x))
     assert op_counts(again) == op_counts(quantized)
-    assert any("removed 4 Q/DQ pair(s)" in note for note in report.notes)
+    strip = report.prerequisites[0]
+    assert strip.pass_name == "strip-qdq" and strip.changes == 4
+    assert any("removed 4 Q/DQ pair(s)" in note for note in strip.notes)
 
 
 def test_requantize_dequantizes_constant_operands(rng: np.random.Generator) -> None:
@@ -479,8 +484,8 @@ def test_requantize_dequantizes_constant_operands(rng: np.random.Generator) -> N
     # execute
     out, report = apply_pass(Int8(requantize=True), model, _ctx(model, x))
     # assert: the old pair is gone, the constant is 2.0 again, and the graph is quantized afresh
-    assert "removed 1 Q/DQ pair(s)" in report.notes[0]
-    assert report.details["quantized_ops"] == {"Conv": 1, "Mul": 1}
+    assert "removed 1 Q/DQ pair(s)" in report.prerequisites[0].notes[0]
+    assert report.details.quantized_ops == {"Conv": 1, "Mul": 1}
     mul = _node(out, "mul")
     constant = _producer(out, mul.input[1])
     assert constant.op_type == "DequantizeLinear"
@@ -593,12 +598,12 @@ def test_budget_returns_the_most_sensitive_layer_to_float(rng: np.random.Generat
     _, plain = apply_pass(Int8(max_drop=100.0), model, _ctx(model, x))
     out, report = apply_pass(Int8(max_drop=1.0), model, _ctx(model, x))
     # assert: per-layer errors reported either way; fc2 (whose input loses the small channels) goes back
-    budget = report.details["budget"]
-    assert set(plain.details["budget"]["layer_nmse"]) == set(budget["layer_nmse"]) == {"fc1", "fc2"}
-    assert plain.details["budget"]["steps"][0]["drop"] > 1.0 and plain.details["budget"]["returned_to_float"] == []
-    assert budget["met"] and budget["returned_to_float"][0] == "fc2" and budget["steps"][-1]["drop"] <= 1.0
-    assert [s["returned"] for s in budget["steps"]] == [None] + budget["returned_to_float"]
-    assert max(budget["layer_nmse"], key=budget["layer_nmse"].get) == "fc2"
+    budget = report.details.budget
+    assert set(plain.details.budget.layer_nmse) == set(budget.layer_nmse) == {"fc1", "fc2"}
+    assert plain.details.budget.steps[0]["drop"] > 1.0 and plain.details.budget.returned_to_float == []
+    assert budget.met and budget.returned_to_float[0] == "fc2" and budget.steps[-1]["drop"] <= 1.0
+    assert [s["returned"] for s in budget.steps] == [None] + budget.returned_to_float
+    assert max(budget.layer_nmse, key=budget.layer_nmse.get) == "fc2"
     assert _initializer(out, _node(out, "fc2").input[1]).dtype == np.float32
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.99
@@ -618,7 +623,7 @@ def test_bundled_model_size_and_accuracy(name: str) -> None:
     out, report = apply_pass(Int8(), model, ctx)
     # assert
     assert len(out.SerializeToString()) <= 0.3 * len(model.SerializeToString())
-    assert report.details["fusion"]["integer_layers"] == report.details["fusion"]["layers"]
+    assert report.details.fusion.integer_layers == report.details.fusion.layers
     acc_float = np.mean(run_model(model, {"input": x})[0].argmax(1) == labels)
     acc_int8 = np.mean(run_model(out, {"input": x})[0].argmax(1) == labels)
     acc_fused = np.mean(make_session(out, optimize=True).run(None, {"input": x})[0].argmax(1) == labels)
@@ -637,9 +642,9 @@ def test_automatic_weight_range_follows_this_cpu_and_is_reported(rng: np.random.
     auto, auto_report = apply_pass(Int8(), model, _ctx(model, x))
     fixed, fixed_report = apply_pass(Int8(reduce_range=not expected), model, _ctx(model, x))
     # assert
-    assert auto_report.details["reduce_range"]["value"] is expected
+    assert auto_report.details.reduce_range.value is expected
     assert any(n.startswith(f"reduce_range={str(expected).lower()}") for n in auto_report.notes)
-    assert "reduce_range" not in fixed_report.details
+    assert fixed_report.details.reduce_range is None
     bound = 63 if expected else 127
     assert np.abs(_initializer(auto, "w1_q").astype(np.int32)).max() == bound
     assert np.abs(_initializer(fixed, "w1_q").astype(np.int32)).max() == (127 if expected else 63)
@@ -657,9 +662,7 @@ def test_kernel_deviation_hint_names_saturation_only_where_it_can_happen(
     from onnxopt.hardware import CpuInfo
 
     monkeypatch.setattr(int8_module, "cpu_info", lambda: CpuInfo(cpu[0], "test", cpu[1], None))
-    pass_ = Int8(reduce_range=reduce_range)
-    pass_._reduce = reduce_range
-    hint = pass_._deviation_hint(PassContext(), 12)
+    hint = Int8(reduce_range=reduce_range)._deviation_hint(PassContext(), 12, reduce_range)
     assert ("saturation" in hint) is saturation
     assert saturation or "12 layer(s)" in hint
 
@@ -677,7 +680,7 @@ def test_sequence_typed_tensors_survive_the_pass(rng: np.random.Generator) -> No
     # execute
     out, report = apply_pass(Int8(), model, _ctx(model, x))
     # assert
-    assert report.details["quantized_ops"] == {"Conv": 2}
+    assert report.details.quantized_ops == {"Conv": 2}
     assert next(v for v in out.graph.value_info if v.name == "parts").type.HasField("sequence_type")
 
 
@@ -722,9 +725,9 @@ def test_max_pool_at_the_end_keeps_its_input_full_range(rng: np.random.Generator
     # execute
     _, report = apply_pass(Int8(method="percentile", percentile=99.9), model, _ctx(model, x))
     # assert: the pool shares r1's parameters, and r1 keeps its observed maximum
-    assert "MaxPool" in report.details["quantized_ops"]
-    r1 = report.details["ranges"]["r1"]
-    assert r1["clip"][1] >= r1["max"] - r1["scale"]
+    assert "MaxPool" in report.details.quantized_ops
+    r1 = report.details.ranges["r1"]
+    assert r1.clip[1] >= r1.max - r1.scale
 
 
 def test_scale_folds_into_one_of_two_convs_sharing_a_weight(rng: np.random.Generator) -> None:
@@ -738,7 +741,8 @@ def test_scale_folds_into_one_of_two_convs_sharing_a_weight(rng: np.random.Gener
     # execute
     out, report = apply_pass(Int8(), model, _ctx(model, x))
     # assert: conv1 gets a doubled copy of the weight, conv2 keeps the original values
-    assert report.details["prepared"]["conv_mul_to_weight"] == 1 and "Mul" not in op_counts(out)
+    conv_mul = next(r for r in report.prerequisites if r.pass_name == "fold-conv-mul")
+    assert conv_mul.changes == 1 and "Mul" not in op_counts(out)
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.03 * np.linalg.norm(a)
 
@@ -756,3 +760,32 @@ def test_folded_constants_never_take_an_existing_name(rng: np.random.Generator) 
     # assert
     a, b = run_model(model, {"x": x})[0], run_model(out, {"x": x})[0]
     assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)
+
+
+def test_op_table_is_consistent_with_the_core_op_families() -> None:
+    # the sets the plan and the fusion report derive from the table
+    # assert: every kernel is one the core knows as quantized; every layer has a weight axis and a kernel
+    assert all(rule.kernels <= INTEGER_OPS for rule in OPS.values())
+    assert COMPUTE_OPS == {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+    assert all(OPS[op].weight_axis is not None and OPS[op].kernels for op in COMPUTE_OPS)
+    assert FLOAT_COMPUTE_OPS == COMPUTE_OPS | {"FusedConv", "FusedGemm", "FusedMatMul", "NhwcConv"}
+    assert INTEGER_LAYER_OPS == {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
+                                 "MatMulInteger", "QLinearConvTranspose", "DynamicQuantizeMatMul"}
+    assert not any(rule.float_output for rule in OPS.values() if rule.role is not Role.COMPUTE)
+
+
+def test_typed_details_serialise_to_the_report_json(rng: np.random.Generator) -> None:
+    # setup
+    model = _one_conv(rng, opset=13)
+    ctx = _ctx(model, rng.standard_normal((4, 3, 2, 2)).astype(np.float32))
+    # execute: reduce_range left to the pass, so its decision is a detail too
+    _, report = apply_pass(Int8(), model, ctx)
+    as_json = json.loads(json.dumps(report.to_dict()))["details"]
+    # assert: the JSON keys in the report's order, the nested dataclasses as plain values
+    assert list(as_json) == ["method", "activation_type", "per_channel", "calibration", "quantized_ops", "layers",
+                             "qdq_pairs", "int8_weights", "int32_biases", "relu_clip_as_clamp", "float_outputs",
+                             "ranges", "fusion", "reduce_range"]
+    assert as_json["calibration"] == {"samples": 4, "source": report.details.calibration.source,
+                                      "observed_tensors": report.details.calibration.observed_tensors}
+    assert as_json["fusion"]["layers"] == report.details.fusion.layers == 1
+    assert as_json["reduce_range"]["value"] is report.details.reduce_range.value

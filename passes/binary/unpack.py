@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import export
+from onnxopt.graph import export, rewire
 from onnxopt.pass_base import EXACT, Pass, PassContext, PassReport, Tolerance
 from onnxopt.runtime import make_session
 from passes.binary.pack import UNPACK_OPS
@@ -48,10 +48,7 @@ class UnpackBinary(Pass):
         values = _evaluate(graph, [t.name for t in targets], ctx) if targets else {}
         for tensor in targets:
             constant = gs.Constant(tensor.name, values[tensor.name])
-            for consumer in list(tensor.outputs):
-                for i, t in enumerate(consumer.inputs):
-                    if t is tensor:
-                        consumer.inputs[i] = constant
+            rewire(tensor, constant)
             tensor.inputs.clear()
             report.changes += 1
         report.details["unpacked"] = [t.name for t in targets]

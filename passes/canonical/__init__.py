@@ -1,4 +1,6 @@
-"""Canonicalisation family: shape inference, constant folding, identity elimination, BatchNorm folding, cleanup.
+"""Canonicalisation family: shape inference, constant folding, identity elimination, BatchNorm folding, cleanup,
+node naming, and the rewrites that let layers quantize whole (Sum->Add, Conv*Mul and Conv+Add folding,
+MatMul+Add->Gemm), written as rules (``passes.canonical.rule``).
 
 The pass classes are resolved on first access, so importing one helper module of the family does not
 import the family's other passes."""
@@ -14,6 +16,11 @@ _PUBLIC = {
     "DeadNodeCleanup": "passes.canonical.canonical",
     "ConstantFolding": "passes.canonical.fold_constants",
     "FoldBatchNorm": "passes.canonical.fold_batchnorm",
+    "NameNodes": "passes.canonical.name_nodes",
+    "SumToAdd": "passes.canonical.sum_to_add",
+    "FoldConvMul": "passes.canonical.fold_conv_mul",
+    "FoldConvAdd": "passes.canonical.fold_conv_add",
+    "MatMulAddToGemm": "passes.canonical.matmul_add_to_gemm",
 }
 
 

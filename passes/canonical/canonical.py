@@ -16,16 +16,14 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import constant_value, default_opset, rewire
+from onnxopt.graph import INFERENCE_FAILURES, constant_value, default_opset, node_label, rewire
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from passes.canonical.util import (
-    INFERENCE_FAILURES,
     all_graphs,
     all_nodes,
     apply_inferred,
     first_line,
     infer,
-    node_label,
     owns,
 )
 

@@ -13,11 +13,11 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import FreshNames, constant_value, default_opset
+from onnxopt.graph import FreshNames, constant_value, default_opset, node_label
 from onnxopt.errors import PreconditionError
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import require_known
-from passes.canonical.util import all_graphs, node_label, owns
+from passes.canonical.util import all_graphs, owns
 
 logger = logging.getLogger(__name__)
 

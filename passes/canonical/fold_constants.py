@@ -10,19 +10,16 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import constant_value, nbytes
+from onnxopt.graph import INFERENCE_FAILURES, STANDARD_DOMAINS, constant_value, nbytes, node_label
 from onnxopt.ops import QDQ_OPS
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.runtime import make_session
 from passes.canonical.util import (
-    INFERENCE_FAILURES,
-    STANDARD_DOMAINS,
     all_graphs,
     all_nodes,
     apply_inferred,
     first_line,
     infer,
-    node_label,
 )
 
 logger = logging.getLogger(__name__)

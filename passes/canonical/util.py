@@ -9,9 +9,8 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
-from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-from onnxopt.graph import inference_probe, subgraphs
+from onnxopt.graph import STANDARD_DOMAINS, infer_scopes, subgraphs
 from onnxopt.pass_base import PassReport
 
 
@@ -24,17 +23,10 @@ def all_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
         yield from g.nodes
 
 
-def node_label(node: gs.Node) -> str:
-    return node.name or f"{node.op}->{node.outputs[0].name if node.outputs else '?'}"
-
-
 def owns(g: gs.Graph, node: gs.Node) -> bool:
     return any(n is node for n in g.nodes)
 
 
-INFERENCE_FAILURES = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError,
-                       RuntimeError, TypeError, OnnxGraphSurgeonException)
-STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 
 @dataclass(frozen=True)
@@ -48,41 +40,22 @@ class Inferred:
 
 def infer(graph: gs.Graph, notes: list[str]) -> list[dict[str, Inferred]]:
     """The type of every tensor that onnx shape inference (with data propagation) can tell, per graph
-    of ``all_graphs(graph)`` (main graph first, then nested bodies depth-first): each scope's tensors by
-    name, over the tensors it sees from the scopes around it. Two branches may each have a local
-    tensor of the same name and a different type.
+    of ``all_graphs(graph)`` (``onnxopt.graph.infer_scopes``).
 
     Inference errors are reported in ``notes`` and inference reruns leniently, keeping what it can
-    infer; failures to run at all raise one of ``INFERENCE_FAILURES``.
+    infer; failures to run at all raise one of ``onnxopt.graph.INFERENCE_FAILURES``.
     """
-    model = inference_probe(graph)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        scopes = infer_scopes(graph, strict=True, data_prop=True)
     except onnx.shape_inference.InferenceError as exc:
         notes.append(f"shape inference found errors, kept what lenient inference infers: {first_line(exc)}")
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        scopes = infer_scopes(graph, data_prop=True)
     custom = sorted({n.domain for n in all_nodes(graph) if (n.domain or "") not in STANDARD_DOMAINS})
     if custom:
         notes.append(f"ops of custom domain(s) {', '.join(custom)} have no shape inference; "
                      "tensors computed from them may stay untyped")
-    return _scopes(inferred.graph, {})
-
-
-def _scopes(g: onnx.GraphProto, outer: dict[str, Inferred]) -> list[dict[str, Inferred]]:
-    """The types ``g`` sees (its own over ``outer``), then those of its nested graphs, depth-first in
-    the order of ``subgraphs`` (the probe is exported from the same graph; onnx-graphsurgeon has no
-    graph-list attributes). Read from the ValueInfoProtos directly: importing the inferred graph again
-    is slow."""
-    seen = dict(outer)
-    for value_info in (*g.input, *g.output, *g.value_info):
-        if value_info.type.ByteSize() > 0:
-            seen[value_info.name] = Inferred(get_onnx_tensor_dtype(value_info), get_onnx_tensor_shape(value_info))
-    found = [seen]
-    for node in g.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                found.extend(_scopes(attr.g, seen))
-    return found
+    return [{name: Inferred(get_onnx_tensor_dtype(vi), get_onnx_tensor_shape(vi)) for name, vi in scope.items()}
+            for scope in scopes]
 
 
 def first_line(exc: BaseException) -> str:

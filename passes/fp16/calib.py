@@ -40,9 +40,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
-from onnxopt.graph import FreshNames, export, import_graph, subgraphs
+from onnxopt.graph import FreshNames, export, import_graph, node_label, subgraphs
 from onnxopt.runtime import iter_activations, make_session
-from passes.fp16.convert import F16, F32, node_key, node_label
+from passes.fp16.convert import F16, F32, node_key
 
 logger = logging.getLogger(__name__)
 

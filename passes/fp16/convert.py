@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import FreshNames, subgraphs
+from onnxopt.graph import FreshNames, is_default_domain, node_label, subgraphs
 from passes.fp16.probe import KernelProbe
 from passes.fp16.schema import bindings, find_schema, has_attribute, node_id
 
@@ -90,10 +90,6 @@ class _Decision:
 def node_key(node: gs.Node) -> str:
     """A stable identity of a node across copies of a graph: its first output's name."""
     return node_id([t.name for t in node.outputs], node.name)
-
-
-def node_label(node: gs.Node) -> str:
-    return node.name or f"{node.op}->{node_key(node)}"
 
 
 def to_float16(values: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -317,7 +313,7 @@ class Converter:
     def _cast(self, tensor: gs.Tensor, want: np.dtype, consumer_scope: gs.Graph) -> gs.Tensor:
         source = tensor
         producer = tensor.inputs[0] if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1 else None
-        if producer is not None and producer.op == "Cast" and producer.domain in ("", "ai.onnx"):
+        if producer is not None and producer.op == "Cast" and is_default_domain(producer):
             source = producer.inputs[0]  # cast from the Cast's input: no Cast->Cast chain
             if source.dtype == want:
                 return source

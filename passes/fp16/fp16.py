@@ -40,7 +40,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
 from onnxopt.errors import PostconditionError, PreconditionError
-from onnxopt.graph import export, subgraphs
+from onnxopt.graph import INFERENCE_FAILURES, export, subgraphs
 from onnxopt.ops import is_quantized_op
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import unknown_entries
@@ -114,12 +114,10 @@ class Fp16(Pass):
         report = PassReport(self.name)
         report.details["interface"] = {t.name: str(t.dtype) for t in [*graph.inputs, *graph.outputs]}
         types = self._types(graph, report)
-        if not float32_tensors(graph) and all(t.elem_type != onnx.TensorProto.FLOAT for t in types.values()):
+        if not float32_tensors(graph) and all(t.elem_type != onnx.TensorProto.FLOAT
+                                              for scope in types for t in scope.values()):
             report.notes.append("no float32 tensors (already float16, or integer-only): nothing to convert")
             return report
-        folded = self._fold_batchnorm(graph, ctx, report)
-        if folded:
-            types = self._types(graph, report)
         graph.toposort()
         apply_types(graph, types)
         probe = self._probe(graph, ctx, report)
@@ -128,29 +126,23 @@ class Fp16(Pass):
             options = replace(options, blocked=self._calibrate(graph, ctx.calibration, ctx, options, probe, report))
         outcome = Converter(graph, options, probe).run()
         _fill_report(report, outcome, probe)
-        report.changes += folded
         return report
 
     @staticmethod
     def _types(graph: gs.Graph, report: PassReport) -> Types:
         try:
             return inferred_types(graph)
-        except (onnx.shape_inference.InferenceError, ValueError) as exc:
+        except INFERENCE_FAILURES as exc:
             report.notes.append(f"type inference failed ({_first_line(exc)}): untyped tensors are left alone")
-            return {}
+            return []
 
-    def _fold_batchnorm(self, graph: gs.Graph, ctx: PassContext, report: PassReport) -> int:
-        """Fold what float16 can hold and the block lists allow; the number of BatchNormalizations folded."""
+    def prerequisites(self, graph: gs.Graph) -> list[Pass]:
+        """BatchNormalization folding (see ``fold_batchnorm``) of what float16 can hold and the block lists allow."""
+        if not self.fold_batchnorm or "BatchNormalization" in self.op_block_list:
+            return []
         norms = [n for g in [graph, *subgraphs(graph)] for n in g.nodes if n.op == "BatchNormalization"]
-        if not self.fold_batchnorm or not norms or "BatchNormalization" in self.op_block_list:
-            return 0
         blocked = tuple(n.name for n in norms if n.name in self.node_block_list)
-        folded = FoldBatchNorm(max_abs_weight=FP16_MAX, exclude_nodes=blocked).run(graph, ctx)
-        for skip in folded.skipped:
-            if skip.reason != "excluded by exclude_nodes":
-                report.skip(skip.target, f"BatchNormalization not folded: {skip.reason}")
-        report.details["batchnorm_folded"] = folded.changes
-        return folded.changes
+        return [FoldBatchNorm(max_abs_weight=FP16_MAX, exclude_nodes=blocked)] if norms else []
 
     def ensures(self, graph: gs.Graph, ctx: PassContext, report: PassReport) -> None:
         if self.keep_io_types:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import export
+from onnxopt.graph import infer_scopes, is_default_domain, subgraphs
 
 FLOAT16 = "tensor(float16)"
 FLOAT = "tensor(float)"
@@ -38,7 +38,7 @@ class Binding:
 
 def find_schema(node: gs.Node, opsets: dict[str, int]) -> onnx.defs.OpSchema | None:
     """The schema of ``node`` at the opset the model imports for its domain, or ``None``."""
-    domain = "" if node.domain in (None, "", "ai.onnx") else node.domain
+    domain = "" if is_default_domain(node) else node.domain
     version = opsets.get(domain)
     if version is None:
         return None
@@ -83,64 +83,33 @@ def has_attribute(schema: onnx.defs.OpSchema, name: str) -> bool:
     return name in schema.attributes
 
 
-#: where a graph sits: () for the main graph, then (node id, attribute name) per level of nesting
-Scope = tuple[str, ...]
-#: inferred tensor types by (scope, name): a name can repeat across subgraph scopes
-Types = dict[tuple[Scope, str], onnx.TypeProto.Tensor]
+#: inferred tensor types, one dict per graph of ``[graph, *subgraphs(graph)]`` by tensor name (a name
+#: can repeat across subgraph scopes; each dict holds what its graph sees, outer scopes included)
+Types = list[dict[str, onnx.TypeProto.Tensor]]
 
 
 def inferred_types(graph: gs.Graph) -> Types:
-    """Tensor types (element type and shape) of ``graph`` and its subgraphs from onnx type inference;
-    raises ``onnx.shape_inference.InferenceError`` (or ``ValueError``) when inference fails."""
-    model = export(graph)
-    model.ir_version = max(model.ir_version, 4)  # IR < 4 types initializers through graph inputs
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    types: Types = {}
-    pending: list[tuple[Scope, onnx.GraphProto]] = [((), inferred.graph)]
-    while pending:
-        scope, g = pending.pop()
-        for vi in [*g.input, *g.output, *g.value_info]:
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-                types[scope, vi.name] = vi.type.tensor_type
-        for node in g.node:
-            where = node_id(list(node.output), node.name)
-            pending.extend(((*scope, where, a.name), a.g) for a in node.attribute if a.HasField("g"))
-    return types
+    """Tensor types (element type and shape) of ``graph`` and its subgraphs from onnx type inference on
+    the weightless probe (``onnxopt.graph.infer_scopes``); raises one of
+    ``onnxopt.graph.INFERENCE_FAILURES`` when inference fails."""
+    return [{name: vi.type.tensor_type for name, vi in scope.items()
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+            for scope in infer_scopes(graph)]
 
 
 def apply_types(graph: gs.Graph, types: Types) -> None:
     """Give the untyped (or unshaped) tensors of ``graph`` and its subgraphs their inferred type."""
-    for scope, g in _scoped_graphs(graph, ()):
+    for g, scope in zip([graph, *subgraphs(graph)], types):
         for t in g.tensors().values():
             if not isinstance(t, gs.Variable) or t.type != "tensor_type":
                 continue
-            found = _lookup(types, scope, t.name)
+            found = scope.get(t.name)
             if found is None:
                 continue
             if t.dtype is None:
                 t.dtype = onnx.helper.tensor_dtype_to_np_dtype(found.elem_type)
             if t.shape is None and found.HasField("shape"):
                 t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in found.shape.dim]
-
-
-def _scoped_graphs(graph: gs.Graph, scope: Scope) -> list[tuple[Scope, gs.Graph]]:
-    found = [(scope, graph)]
-    for node in graph.nodes:
-        where = node_id([t.name for t in node.outputs], node.name)
-        for name, value in node.attrs.items():
-            if isinstance(value, gs.Graph):
-                found.extend(_scoped_graphs(value, (*scope, where, name)))
-    return found
-
-
-def _lookup(types: Types, scope: Scope, name: str) -> onnx.TypeProto.Tensor | None:
-    """The type of ``name`` as seen from ``scope``: its own value, else the nearest enclosing one."""
-    while True:
-        if (scope, name) in types:
-            return types[scope, name]
-        if not scope:
-            return None
-        scope = scope[:-2]
 
 
 def node_id(outputs: list[str], name: str) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.calibration import QParams, qparams_from_range, quantize_weight
-from onnxopt.graph import FreshNames, constant_value
+from onnxopt.graph import FreshNames, constant_value, rewire
 from passes.int8.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -184,9 +184,5 @@ def _quantize_activation(emitter: Emitter, tensor: gs.Variable, qp: QParams, key
     consumers = list({id(c): c for c in tensor.outputs if produced_here or c.name in selected}.values())
     groups = [[c] for c in consumers] if dedicated and len(consumers) > 1 else [consumers]
     for group in groups:
-        dequantized = emitter.qdq(tensor, qp, key)
-        for consumer in group:
-            for i, t in enumerate(consumer.inputs):
-                if t is tensor:
-                    consumer.inputs[i] = dequantized
+        rewire(tensor, emitter.qdq(tensor, qp, key), group)
     return len(groups)

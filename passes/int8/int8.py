@@ -4,12 +4,14 @@ Weights become per-channel symmetric int8 (axis from an explicit per-op table; [
 default so that x86 CPUs without VNNI cannot saturate their int16 pair sums), Conv/Gemm biases int32
 at scale ``s_x * s_w``; activations get uint8 asymmetric (or int8 symmetric) Q/DQ pairs whose ranges
 come from streaming observers (``onnxopt.calibration``), so calibration memory does not grow with
-the number of samples. ``_int8_prepare`` folds constants, BatchNorm, bias Adds and MatMul+Add first;
-``_int8_plan`` decides which nodes and tensors are quantized; ``_int8_emit`` writes the Q/DQ nodes.
-Afterwards the pass asks onnxruntime for its optimized graph and reports which layers became integer
-kernels and how far those kernels are from the Q/DQ reference. With ``max_drop`` it measures the
-drop on the calibration data and returns the layers with the largest own error to float, one at a
-time, until the budget holds (``_int8_measure``).
+the number of samples. Its prerequisites (run by the pipeline first, see ``Int8.prerequisites``)
+strip an earlier quantization when asked (the pipeline upgrades the opset first), name the nodes, and fold constants,
+BatchNorm, per-channel Mul/Add and MatMul+Add into the layers; ``passes.int8.plan`` decides which
+nodes and tensors are quantized; ``passes.int8.emit`` writes the Q/DQ nodes. Afterwards the pass asks
+onnxruntime for its optimized graph and reports which layers became integer kernels and how far
+those kernels are from the Q/DQ reference. With ``max_drop`` it measures the drop on the calibration
+data and returns the layers with the largest own error to float, one at a time, until the budget
+holds (``passes.int8.measure``).
 """
 
 from __future__ import annotations
@@ -17,29 +19,29 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping
+from typing import ClassVar, Literal, Mapping
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.calibration import Method, Observer, QParams, qparams_from_range
 from onnxopt.data import DataSource
 from onnxopt.errors import PreconditionError
-from onnxopt.graph import copy_graph, export, import_graph, replace_contents
+from onnxopt.graph import TypeInfo, export, import_graph, infer_types, replace_contents, unique_node_names
 from onnxopt.hardware import cpu_info
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
-from passes.int8.emit import EmitResult, apply_plan
-from passes.int8.measure import (Limited, RunOptions, calibrate, fusion_report, layer_errors,
-                                  measure_budget)
-from passes.int8.plan import COVERED_OPS, Plan, PlanSettings, candidate_tensors, make_plan
-from passes.int8.prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized,
-                                  constant_types, conv_add_to_bias, conv_mul_to_weight, has_foldable_nodes,
-                                  infer_types, matmul_add_to_gemm, name_nodes, strip_qdq, sum_to_add,
-                                  unique_names)
 from onnxopt.settings_check import require_known
-from passes.canonical import FoldBatchNorm
-from passes.canonical import ConstantFolding
+from passes.canonical import (ConstantFolding, FoldBatchNorm, FoldConvAdd, FoldConvMul, MatMulAddToGemm, NameNodes,
+                              SumToAdd)
+from passes.int8.details import BudgetInfo, CalibrationInfo, Int8Details, RangeEntry, ReduceRangeInfo
+from passes.int8.emit import EmitResult, apply_plan
+from passes.int8.measure import (Fusion, Limited, RunOptions, calibrate, fusion_report, layer_errors,
+                                  measure_budget)
+from passes.int8.op_table import COVERED_OPS
+from passes.int8.plan import Plan, PlanSettings, candidate_tensors, make_plan
+from passes.int8.prepare import (PER_CHANNEL_OPSET, QDQ_OPSET, check_not_quantized,
+                                  has_foldable_nodes)
+from passes.int8.steps import StripQdq
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,18 @@ logger = logging.getLogger(__name__)
 _KERNEL_DEVIATION = 0.02
 #: constant folding in ``prepare`` materialises weights of any size (ConstantOfShape placeholders too)
 _NO_LIMIT = 1 << 62
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one run of the pass decides before planning (the settings object is not written to)."""
+
+    #: int8 weights in [-63, 63] instead of [-127, 127]
+    reduce: bool
+    #: what ``reduce`` was decided for, when ``reduce_range`` was left to the pass
+    decided_for: str | None
+    #: element types and shapes of the prepared graph's tensors
+    types: TypeInfo
 
 
 @dataclass(kw_only=True)
@@ -92,6 +106,7 @@ class Int8(Pass):
                 "(what onnxruntime's quant_pre_process does), so layers quantize whole"})
     requantize: bool = field(default=False, metadata={
         "help": "accept a QDQ model: strip its Q/DQ pairs and quantize again"})
+
     def min_opset(self) -> int:
         """QuantizeLinear/DequantizeLinear exist from opset 10, their per-channel ``axis`` from 13."""
         return PER_CHANNEL_OPSET if self.per_channel else QDQ_OPSET
@@ -110,92 +125,71 @@ class Int8(Pass):
         ) if bad]
         if problems:
             raise PreconditionError(f"int8: {'; '.join(problems)}")
-        require_known(self.name, "exclude_nodes", self.exclude_nodes, unique_names(graph), "model's nodes")
+        require_known(self.name, "exclude_nodes", self.exclude_nodes, unique_node_names(graph), "model's nodes")
         require_known(self.name, "exclude_ops", self.exclude_ops,
                       sorted({n.op for n in graph.nodes} | COVERED_OPS), "op types in the model or quantized by int8")
         check_not_quantized(graph, self.requantize)
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
-        self._reduce, why = self._resolve_reduce_range(ctx)
-        report = self._quantize(graph, ctx)
-        if why is not None and report.modified:
-            report.details["reduce_range"] = {"value": self._reduce, "decided_for": why}
-            bound = 63 if self._reduce else 127
-            report.notes.append(f"reduce_range={str(self._reduce).lower()} (int8 weights in [-{bound}, {bound}]) "
-                                f"chosen for {why}; set reduce_range explicitly for another deployment CPU")
-        return report
+    def prerequisites(self, graph: gs.Graph) -> list[Pass]:
+        """Q/DQ stripping when asked for, unique node names (the plan refers to
+        nodes by name), then with ``prepare`` the rewrites that let layers quantize whole."""
+        steps: list[Pass] = []
+        if self.requantize:
+            steps.append(StripQdq())
+        steps.append(NameNodes())
+        if self.prepare:
+            if has_foldable_nodes(graph):  # weights must be constants, whatever their size
+                steps.append(ConstantFolding(size_threshold_bytes=_NO_LIMIT))
+            steps += [FoldBatchNorm(), SumToAdd(), FoldConvMul(), FoldConvAdd(), MatMulAddToGemm()]
+        return steps
 
-    def _quantize(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassReport:
+        reduce, why = self._resolve_reduce_range(ctx)
+        return self._quantize(graph, ctx, _Run(reduce, why, infer_types(graph)))
+
+    def _quantize(self, graph: gs.Graph, ctx: PassContext, state: _Run) -> PassReport:
         report = PassReport(self.name)
-        # preparing changes the model, kept only if something is quantized; the copy shares the weight
-        # arrays (no pass changes an array in place), so a large model is not held twice
-        work = copy_graph(graph)
-        dtypes, self._shapes = self._prepare(work, ctx, report)
-        plan = make_plan(work, self._plan_settings({}), dtypes, self._shapes)
+        plan = make_plan(graph, self._plan_settings({}, state), state.types.dtypes, state.types.shapes)
         if not plan.layers:
-            report = PassReport(self.name, notes=[
-                "no float32 Conv/ConvTranspose/Gemm/MatMul layer can be quantized; model left unchanged "
-                "(not prepared)"])
+            report.notes.append("no float32 Conv/ConvTranspose/Gemm/MatMul layer can be quantized; model left "
+                                "unchanged (not prepared)")
             _add_skips(report, plan)
             return report
         if ctx.calibration is None:
             raise PreconditionError("int8 needs calibration data; give --calib (CLI) or calibration= (API)")
         data = Limited(ctx.calibration, self.calibration_samples)
         run = RunOptions(self.batch_size, tuple(ctx.providers), ctx.threads, ctx.progress)
+        budget = None
         if self.max_drop is None:
             # onnxruntime reads the weights from the working graph's arrays: no exported copy
-            observers = calibrate(work, plan.observed, data, self.method, self._observer_options(), run)
+            observers = calibrate(graph, plan.observed, data, self.method, self._observer_options(), run)
             samples = data.seen
             params = self._params(observers, plan)
-            emitted = apply_plan(work, plan, params, dedicated=self.symmetric)
-            work.cleanup(remove_unused_graph_inputs=False)
-            replace_contents(graph, work)
+            emitted = apply_plan(graph, plan, params, dedicated=self.symmetric)
+            graph.cleanup(remove_unused_graph_inputs=False)
         else:
-            float_model = export(work)
-            observers = calibrate(float_model, candidate_tensors(work, dtypes), data, self.method,
+            float_model = export(graph)
+            observers = calibrate(float_model, candidate_tensors(graph, state.types.dtypes), data, self.method,
                                   self._observer_options(), run)
             samples = data.seen
-            model, plan, emitted = self._meet_budget(float_model, dtypes, plan, observers, data, run, report,
-                                                     self.max_drop)
+            model, plan, emitted, budget = self._meet_budget(float_model, state, plan, observers, data, run, report,
+                                                             self.max_drop)
             params = self._params(observers, plan)
             replace_contents(graph, import_graph(model))
-        self._describe(report, plan, emitted, observers, params, samples, ctx.calibration)
+        details = self._describe(report, plan, emitted, observers, params, samples, ctx.calibration)
+        details.budget = budget
         assert data.first is not None  # calibration read a batch: empty data sets are refused when opened
-        _note_fusion(report, fusion_report(graph, plan, ctx.providers, data.first), ctx.providers,
-                     self._deviation_hint(ctx, len(plan.layers)))
+        details.fusion = fusion_report(graph, plan, ctx.providers, data.first)
+        _note_fusion(report, details.fusion, ctx.providers, self._deviation_hint(ctx, len(plan.layers), state.reduce))
+        if state.decided_for is not None:
+            details.reduce_range = ReduceRangeInfo(state.reduce, state.decided_for)
+            bound = 63 if state.reduce else 127
+            report.notes.append(f"reduce_range={str(state.reduce).lower()} (int8 weights in [-{bound}, {bound}]) chosen "
+                                f"for {state.decided_for}; set reduce_range explicitly for another deployment CPU")
+        report.details = details
         return report
 
     # -- steps --------------------------------------------------------------------------------
-    def _prepare(self, graph: gs.Graph, ctx: PassContext,
-                 report: PassReport) -> tuple[dict[str, np.dtype | None], dict[str, tuple[int | None, ...]]]:
-        """Make ``graph`` ready to quantize; returns the element type and shape of each tensor."""
-        prepared: dict[str, Any] = {}
-        report.details["prepared"] = prepared
-        if self.requantize and any(n.op == "DequantizeLinear" for n in graph.nodes):
-            report.notes.append(f"requantize: removed {strip_qdq(graph)} Q/DQ pair(s) of the input model")
-        renamed = name_nodes(graph)
-        if self.prepare:
-            folded = 0
-            if has_foldable_nodes(graph):  # weights must be constants, whatever their size
-                folded = ConstantFolding(size_threshold_bytes=_NO_LIMIT).run(graph, ctx).changes
-            has_bn = any(n.op == "BatchNormalization" for n in graph.nodes)
-            batchnorm = FoldBatchNorm().run(graph, ctx) if has_bn else None
-            graph.cleanup(remove_unused_graph_inputs=False)
-            prepared.update({
-                "constants_folded": folded, "batchnorm_folded": batchnorm.changes if batchnorm else 0,
-                "sum_to_add": sum_to_add(graph), "conv_mul_to_weight": conv_mul_to_weight(graph),
-                "conv_add_to_bias": conv_add_to_bias(graph)})
-        dtypes, shapes = infer_types(graph)
-        if self.prepare:
-            prepared["matmul_add_to_gemm"] = matmul_add_to_gemm(graph, shapes)
-            dtypes.update(constant_types(graph))  # the Gemm biases
-            renamed += name_nodes(graph)
-        prepared["nodes_renamed"] = renamed
-        if renamed:
-            report.notes.append(f"gave {renamed} unnamed or duplicate-named node(s) unique names")
-        graph.toposort()
-        return dtypes, shapes
-
     def _resolve_reduce_range(self, ctx: PassContext) -> tuple[bool, str | None]:
         """The weight range to use and, when decided automatically, what it was decided for."""
         if self.reduce_range is not None:
@@ -207,18 +201,19 @@ class Int8(Pass):
         reduce = cpu.u8s8_saturates
         return reduce, f"{cpu.model_name} ({cpu.arch}; int8 dot-product: {cpu.int8_dot_text})"
 
-    def _deviation_hint(self, ctx: PassContext, layers: int) -> str:
-        """The likely cause when the fused kernels differ from the Q/DQ reference."""
+    def _deviation_hint(self, ctx: PassContext, layers: int, reduce: bool) -> str:
+        """The likely cause when the fused kernels differ from the Q/DQ reference (``reduce``: the
+        weights use [-63, 63])."""
         cpu = cpu_info()
         on_cpu = not ctx.providers or ctx.providers[0] == "CPUExecutionProvider"
-        if on_cpu and not self._reduce and cpu.u8s8_saturates:
+        if on_cpu and not reduce and cpu.u8s8_saturates:
             return "int16 saturation of this CPU's U8S8 kernels? reduce_range=true avoids it"
         return (f"the fused kernels requantize each of the {layers} layer(s) with their own rounding, the "
                 "reference computes in float between Q/DQ pairs; judge the model by its measured accuracy")
 
-    def _plan_settings(self, keep_float: Mapping[str, str]) -> PlanSettings:
+    def _plan_settings(self, keep_float: Mapping[str, str], state: _Run) -> PlanSettings:
         return PlanSettings(symmetric=self.symmetric, per_channel=self.per_channel,
-                            weight_bound=63 if self._reduce else 127,
+                            weight_bound=63 if state.reduce else 127,
                             exclude_ops=frozenset(self.exclude_ops), exclude_nodes=frozenset(self.exclude_nodes),
                             keep_first_last=self.keep_first_last, keep_float=dict(keep_float))
 
@@ -244,9 +239,9 @@ class Int8(Pass):
         graph.cleanup(remove_unused_graph_inputs=False)
         return export(graph, float_model), emitted
 
-    def _meet_budget(self, float_model: onnx.ModelProto, dtypes: Mapping[str, np.dtype | None], plan: Plan,
+    def _meet_budget(self, float_model: onnx.ModelProto, state: _Run, plan: Plan,
                      observers: Mapping[str, Observer], data: Limited, run: RunOptions, report: PassReport,
-                     max_drop: float) -> tuple[onnx.ModelProto, Plan, EmitResult]:
+                     max_drop: float) -> tuple[onnx.ModelProto, Plan, EmitResult, BudgetInfo]:
         """Return the layers with the largest own error to float, one at a time, until the drop fits."""
         params = self._params(observers, plan)
         model, emitted = self._build(float_model, plan, params)
@@ -259,21 +254,20 @@ class Int8(Pass):
                 break
             keep[layer] = (f"returned to float by the accuracy budget (max_drop={max_drop}, "
                            f"layer NMSE {errors[layer]:.3g})")
-            plan = make_plan(import_graph(float_model), self._plan_settings(keep), dtypes, self._shapes)
+            plan = make_plan(import_graph(float_model), self._plan_settings(keep, state), state.types.dtypes,
+                             state.types.shapes)
             model, emitted = self._build(float_model, plan, self._params(observers, plan))
             budget = measure_budget(float_model, model, data, run)
             steps.append({"returned": layer, **budget.to_dict()})
         met = budget.drop <= max_drop
-        report.details["budget"] = {
-            "max_drop": max_drop, "met": met, "returned_to_float": list(keep), "steps": steps,
-            "layer_nmse": {k: float(f"{v:.4g}") for k, v in sorted(errors.items(), key=lambda kv: -kv[1])}}
         if not met:
             report.notes.append(f"accuracy budget not met: {budget.metric} drop {budget.drop:.2f} pp > "
                                 f"{max_drop} pp with every quantized layer tried")
-        return model, plan, emitted
+        nmse = {k: float(f"{v:.4g}") for k, v in sorted(errors.items(), key=lambda kv: -kv[1])}
+        return model, plan, emitted, BudgetInfo(max_drop, met, list(keep), steps, nmse)
 
     def _describe(self, report: PassReport, plan: Plan, emitted: EmitResult, observers: Mapping[str, Observer],
-                  params: Mapping[str, QParams], samples: int, calibration: DataSource) -> None:
+                  params: Mapping[str, QParams], samples: int, calibration: DataSource) -> Int8Details:
         _add_skips(report, plan)
         report.notes.extend(plan.notes + emitted.notes)
         report.changes = len(plan.nodes)
@@ -283,40 +277,26 @@ class Int8(Pass):
         if nonfinite:
             report.notes.append(f"NaN/inf values ignored during calibration in: {', '.join(nonfinite[:8])}")
         used = {source for source in plan.tensors.values()}
-        report.details.update({
-            "method": self.method, "activation_type": self.activation_type, "per_channel": self.per_channel,
-            "calibration": {"samples": samples, "source": calibration.description,
-                            "observed_tensors": len(observers)},
-            "quantized_ops": plan.op_counts(),
-            "layers": len(plan.layers),
-            "qdq_pairs": emitted.qdq_pairs, "int8_weights": emitted.weights, "int32_biases": emitted.biases,
-            "relu_clip_as_clamp": list(plan.folded), "float_outputs": list(plan.float_outputs),
-            "ranges": {name: _range_entry(observers[name], params[name]) for name in plan.tensors
-                       if name in used and name in observers},
-        })
+        return Int8Details(
+            method=self.method, activation_type=self.activation_type, per_channel=self.per_channel,
+            calibration=CalibrationInfo(samples, calibration.description, len(observers)),
+            quantized_ops=plan.op_counts(), layers=len(plan.layers),
+            qdq_pairs=emitted.qdq_pairs, int8_weights=emitted.weights, int32_biases=emitted.biases,
+            relu_clip_as_clamp=list(plan.folded), float_outputs=list(plan.float_outputs),
+            ranges={name: RangeEntry.of(observers[name], params[name]) for name in plan.tensors
+                    if name in used and name in observers})
 
 
-def _range_entry(observer: Observer, qp: QParams) -> dict[str, Any]:
-    low, high = qp.representable
-    return {"min": _round(observer.lo), "max": _round(observer.hi), "clip": [_round(low), _round(high)],
-            "scale": _round(qp.scale), "zero_point": qp.zero_point}
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.6g}") if math.isfinite(value) else value
-
-
-def _note_fusion(report: PassReport, fused: dict[str, Any], providers: tuple[str, ...], hint: str) -> None:
-    report.details["fusion"] = fused
-    missing = fused["layers"] - fused["integer_layers"]
+def _note_fusion(report: PassReport, fused: Fusion, providers: tuple[str, ...], hint: str) -> None:
+    missing = fused.layers - fused.integer_layers
     if missing > 0:
-        named = f": {', '.join(fused['unfused_layers'][:8])}" if fused["unfused_layers"] else ""
+        named = f": {', '.join(fused.unfused_layers[:8])}" if fused.unfused_layers else ""
         report.notes.append(
-            f"onnxruntime ({', '.join(providers)}) ran {missing} of {fused['layers']} quantized layer(s) in float, "
+            f"onnxruntime ({', '.join(providers)}) ran {missing} of {fused.layers} quantized layer(s) in float, "
             f"with Q/DQ around them (no integer kernel for that case){named}")
-    if fused["kernel_deviation"] > _KERNEL_DEVIATION:
+    if fused.kernel_deviation > _KERNEL_DEVIATION:
         report.notes.append(
-            f"onnxruntime's fused integer kernels differ from the Q/DQ reference by {fused['kernel_deviation']:.1%} "
+            f"onnxruntime's fused integer kernels differ from the Q/DQ reference by {fused.kernel_deviation:.1%} "
             f"of the output range ({hint})")
 
 

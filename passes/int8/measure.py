@@ -3,6 +3,7 @@ agreement drop, each layer's own quantization error, and which layers onnxruntim
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections import Counter
@@ -20,16 +21,12 @@ from onnxopt.data import Batch, DataSource
 from onnxopt.graph import export, import_graph
 from onnxopt.runtime import iter_activations, make_session
 from passes.int8.emit import Emitter, weight_floors
-from passes.int8.plan import COMPUTE_OPS, Plan
+from passes.int8.op_table import FLOAT_COMPUTE_OPS, INTEGER_LAYER_OPS
+from passes.int8.plan import Plan
 from onnxopt.ops import INTEGER_OPS
 
 logger = logging.getLogger(__name__)
 
-#: float compute ops as they can appear in onnxruntime's optimized graph
-FLOAT_COMPUTE_OPS = COMPUTE_OPS | {"FusedConv", "FusedGemm", "FusedMatMul", "NhwcConv"}
-#: integer kernels that replace one compute layer each
-INTEGER_LAYER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
-                               "MatMulInteger", "QLinearConvTranspose", "DynamicQuantizeMatMul"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,8 @@ class Budget:
 
 
 class Limited:
-    """A data source cut to its first ``limit`` samples (``None``: all)."""
+    """A data source cut to its first ``limit`` samples (``None``: all); an
+    ``onnxopt.runtime.BatchStream``."""
 
     def __init__(self, source: DataSource, limit: int | None) -> None:
         self.source = source
@@ -98,7 +96,7 @@ def calibrate(model: gs.Graph | onnx.ModelProto, names: Sequence[str], data: Lim
     graph optimizations on, as in its own calibrators: ranges move by float rounding only, and the
     optimized kernels ran resnet_fmnist's calibration ~2x faster."""
     observers = {name: make_observer(method, **options) for name in names}
-    stream = iter_activations(model, list(names), data, batch_size=run.batch_size,  # type: ignore[arg-type]
+    stream = iter_activations(model, list(names), data, batch_size=run.batch_size,
                               providers=run.providers, threads=run.threads, progress=run.progress,
                               description=f"calibrating ({method})", optimize=True)
     for values in stream:
@@ -163,7 +161,7 @@ def layer_errors(float_model: onnx.ModelProto, plan: Plan, params: Mapping[str, 
     names = [n for pair in pairs.values() for n in pair]
     err = dict.fromkeys(pairs, 0.0)
     ref = dict.fromkeys(pairs, 0.0)
-    for values in iter_activations(model, names, data, batch_size=run.batch_size,  # type: ignore[arg-type]
+    for values in iter_activations(model, names, data, batch_size=run.batch_size,
                                    providers=run.providers, threads=run.threads):
         for layer, (a, b) in pairs.items():
             y, y8 = values[a].astype(np.float64), values[b].astype(np.float64)
@@ -172,7 +170,29 @@ def layer_errors(float_model: onnx.ModelProto, plan: Plan, params: Mapping[str, 
     return {layer: err[layer] / ref[layer] if ref[layer] > 0 else 0.0 for layer in pairs}
 
 
-def fusion_report(graph: gs.Graph, plan: Plan, providers: Sequence[str], probe: Batch) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Fusion:
+    """The ops of onnxruntime's optimized int8 graph and how far its fused kernels are from the Q/DQ
+    reference (``details["fusion"]`` of the report, in this order)."""
+
+    #: quantized compute layers in the plan
+    layers: int
+    #: integer kernels that replace one compute layer each
+    integer_layers: int
+    integer_kernels: dict[str, int]
+    float_compute_ops: dict[str, int]
+    quantize_linear: int
+    dequantize_linear: int
+    #: planned layers onnxruntime left in float
+    unfused_layers: list[str]
+    #: max |fused - reference| / max |reference| over the outputs, on the first calibration batch
+    kernel_deviation: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def fusion_report(graph: gs.Graph, plan: Plan, providers: Sequence[str], probe: Batch) -> Fusion:
     """The ops of onnxruntime's optimized graph (integer kernels it fused, layers left in float), and
     how far its outputs on ``probe`` are from the Q/DQ reference (optimizations off)."""
     reference = make_session(graph, providers=providers, threads=1)
@@ -193,14 +213,13 @@ def fusion_report(graph: gs.Graph, plan: Plan, providers: Sequence[str], probe: 
     layer_names = set(plan.layers)
     unfused = sorted(n.name for n in optimized.graph.node
                      if n.op_type in FLOAT_COMPUTE_OPS and n.name in layer_names)
-    return {
-        "layers": len(plan.layers),
-        "integer_layers": sum(c for op, c in counts.items() if op in INTEGER_LAYER_OPS),
-        "integer_kernels": {op: c for op, c in sorted(counts.items()) if op in INTEGER_OPS},
-        "float_compute_ops": {op: c for op, c in sorted(counts.items()) if op in FLOAT_COMPUTE_OPS},
-        "quantize_linear": counts.get("QuantizeLinear", 0),
-        "dequantize_linear": counts.get("DequantizeLinear", 0),
-        "unfused_layers": unfused,
-        #: max |fused - reference| / max |reference| over the outputs, on the first calibration batch
-        "kernel_deviation": float(f"{deviation:.3g}"),
-    }
+    return Fusion(
+        layers=len(plan.layers),
+        integer_layers=sum(c for op, c in counts.items() if op in INTEGER_LAYER_OPS),
+        integer_kernels={op: c for op, c in sorted(counts.items()) if op in INTEGER_OPS},
+        float_compute_ops={op: c for op, c in sorted(counts.items()) if op in FLOAT_COMPUTE_OPS},
+        quantize_linear=counts.get("QuantizeLinear", 0),
+        dequantize_linear=counts.get("DequantizeLinear", 0),
+        unfused_layers=unfused,
+        kernel_deviation=float(f"{deviation:.3g}"),
+    )

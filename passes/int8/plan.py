@@ -22,27 +22,17 @@ from typing import Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import constant_value, default_opset
+from onnxopt.graph import constant_value, default_opset, is_default_domain
 from onnxopt.pass_base import Skip
+from passes.int8.op_table import (COMPUTE_OPS, OPS, QLINEAR_OPS, SHARED_SCALE_OPS, Role, bias_index, check,
+                                  data_inputs, is_data_input, weight_axis, weight_index)
 
 logger = logging.getLogger(__name__)
 
-COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-#: ops with an integer kernel and an output scale of their own
-QLINEAR_OPS = frozenset({"Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat"})
-#: ops whose output reuses the input's scale (values are moved or a subset of the input's range)
-SHARED_SCALE_OPS = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize"})
-ACTIVATION_OPS = frozenset({"Relu", "Clip"})
-POOLING_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool"})
-#: onnxruntime runs it as QLinearSoftmax (calibrated output range, within [0, 1])
-SOFTMAX_OPS = frozenset({"Softmax"})
 #: a Softmax at the end of the quantized region joins it only over this many rows per sample (a
 #: detector's anchor scores): onnxruntime's float kernel is slow on many short rows, while a
 #: classifier's one row per sample gains nothing and its uint8 probabilities can tie the top classes
 SOFTMAX_MIN_ROWS = 64
-COVERED_OPS = COMPUTE_OPS | QLINEAR_OPS | SHARED_SCALE_OPS | ACTIVATION_OPS | SOFTMAX_OPS
-#: ops whose float output onnxruntime can produce directly from an integer kernel (QGemm, MatMulIntegerToFloat)
-FLOAT_OUTPUT_OPS = frozenset({"Gemm", "MatMul"})
 
 
 @dataclass(frozen=True)
@@ -112,9 +102,9 @@ def candidate_tensors(graph: gs.Graph, dtypes: Mapping[str, np.dtype | None]) ->
     """Every float activation a plan could quantize (inputs and outputs of covered nodes)."""
     names: dict[str, None] = {}
     for node in graph.nodes:
-        if node.op not in COVERED_OPS or _check(node, dtypes) is not None:
+        if node.op not in OPS or check(node, dtypes) is not None:
             continue
-        for tensor in [node.inputs[i] for i in _data_inputs(node)] + node.outputs[:1]:
+        for tensor in [node.inputs[i] for i in data_inputs(node)] + node.outputs[:1]:
             if isinstance(tensor, gs.Variable) and constant_value(tensor) is None:
                 names[tensor.name] = None
     return list(names)
@@ -144,10 +134,10 @@ def _candidates(graph: gs.Graph, settings: PlanSettings, dtypes: Mapping[str, np
     uncovered: Counter[str] = Counter()
     eligible = []
     for node in graph.nodes:
-        if node.op not in COVERED_OPS or node.domain not in (None, "", "ai.onnx"):
+        if node.op not in OPS or not is_default_domain(node):
             uncovered[node.op] += 1
             continue
-        reason = _check(node, dtypes)
+        reason = check(node, dtypes)
         if reason is None and node.op in settings.exclude_ops:
             reason = "excluded by exclude_ops"
         if reason is None and node.name in settings.exclude_nodes:
@@ -190,13 +180,13 @@ def _select(candidates: list[gs.Node], plan: Plan, shapes: Mapping[str, tuple[in
     while changed:  # forward: an activation, or a pooling whose Q/DQ then runs on the pooled tensor
         changed = False
         for node in joining:
-            if node.name not in selected and node.op in ACTIVATION_OPS | POOLING_OPS and _fed_by(node, selected):
+            if node.name not in selected and _joins_after(node) and _fed_by(node, selected):
                 selected.add(node.name)
                 changed = True
     eligible = {n.name for n in joining}
     few_rows: dict[str, int] = {}
     for node in joining:
-        if node.op not in SOFTMAX_OPS or node.name in selected:
+        if OPS[node.op].role is not Role.SOFTMAX or node.name in selected:
             continue
         rows = _softmax_rows(node, shapes, opset, batch)
         path = _path_from(node, selected, eligible)
@@ -251,7 +241,7 @@ def _path_from(node: gs.Node, selected: set[str], eligible: set[str]) -> set[str
     Softmax); ``None`` otherwise. onnxruntime's float Softmax over thousands of short rows costs
     more than QLinearSoftmax (ultraface: 114 vs 33 us of 2.4 ms)."""
     path: set[str] = set()
-    pending = [node.inputs[i] for i in _data_inputs(node)]
+    pending = [node.inputs[i] for i in data_inputs(node)]
     while pending:
         tensor = pending.pop()
         producer = tensor.inputs[0] if tensor.inputs else None
@@ -262,12 +252,12 @@ def _path_from(node: gs.Node, selected: set[str], eligible: set[str]) -> set[str
         if producer.name not in eligible or producer.op not in SHARED_SCALE_OPS | {"Concat"}:
             return None
         path.add(producer.name)
-        pending.extend(producer.inputs[i] for i in _data_inputs(producer))
+        pending.extend(producer.inputs[i] for i in data_inputs(producer))
     return path
 
 
 def _feeds(node: gs.Node, selected: set[str]) -> bool:
-    return any(consumer.name in selected and _is_data_input(consumer, node.outputs[0])
+    return any(consumer.name in selected and is_data_input(consumer, node.outputs[0])
                for consumer in node.outputs[0].outputs)
 
 
@@ -279,7 +269,7 @@ def _fed_by(node: gs.Node, selected: set[str]) -> bool:
 # -- tensors ----------------------------------------------------------------------------------
 
 def _plan_inputs(node: gs.Node, plan: Plan, settings: PlanSettings) -> None:
-    for i in _data_inputs(node):
+    for i in data_inputs(node):
         tensor = node.inputs[i]
         if constant_value(tensor) is not None:
             plan.constants.append((node.name, i))
@@ -287,13 +277,13 @@ def _plan_inputs(node: gs.Node, plan: Plan, settings: PlanSettings) -> None:
             plan.tensors[tensor.name] = tensor.name
     if node.op not in COMPUTE_OPS:
         return
-    weight = _weight_index(node)
+    weight = weight_index(node)
     if weight is not None:
-        axis, note = _weight_axis(node, constant_value(node.inputs[weight]), settings.per_channel)
+        axis, note = weight_axis(node, constant_value(node.inputs[weight]), settings.per_channel)
         if note:
             plan.notes.append(f"{node.name}: {note}")
         plan.weights.append(WeightUse(node.name, weight, axis))
-        bias = _bias_index(node)
+        bias = bias_index(node)
         if bias is not None:
             plan.biases.append(BiasUse(node.name, bias, node.inputs[0].name))
 
@@ -303,132 +293,27 @@ def _plan_output(node: gs.Node, plan: Plan, selected: set[str], settings: PlanSe
     out = node.outputs[0]
     consumers = out.outputs
     is_output = out.name in graph_outputs
-    quantized_consumers = [c for c in consumers if c.name in selected and _is_data_input(c, out)]
+    quantized_consumers = [c for c in consumers if c.name in selected and is_data_input(c, out)]
     if (not settings.symmetric and not is_output and node.op in COMPUTE_OPS | QLINEAR_OPS
-            and len(consumers) == 1 and quantized_consumers and _foldable(consumers[0])):
+            and len(consumers) == 1 and quantized_consumers and _clamps_at_zero(consumers[0])):
         plan.folded.append(out.name)
         return  # the Relu/Clip after it is the quantizer's clamp: Q/DQ goes after the activation
-    if node.op in FLOAT_OUTPUT_OPS and not quantized_consumers:
+    if OPS[node.op].float_output and not quantized_consumers:
         plan.float_outputs.append(out.name)
         return
-    shares = node.op in SHARED_SCALE_OPS or (node.op == "Relu" and settings.symmetric)
+    shares = node.op in SHARED_SCALE_OPS or (OPS[node.op].shares_scale_symmetric and settings.symmetric)
     source = plan.tensors.get(node.inputs[0].name) if shares else None
     plan.tensors[out.name] = source or out.name
     if not quantized_consumers and (source or out.name) not in plan.exits:
         plan.exits.append(source or out.name)  # a MaxPool at the end shares its input's range: keep it full
 
 
-def _foldable(node: gs.Node) -> bool:
-    if node.op == "Relu":
-        return True
-    return node.op == "Clip" and _clip_bounds(node)[0] == 0.0
+def _joins_after(node: gs.Node) -> bool:
+    """An activation or a pooling: it joins the plan after a quantized node."""
+    rule = OPS[node.op]
+    return rule.role is Role.ACTIVATION or rule.pooling
 
 
-# -- per-op facts -----------------------------------------------------------------------------
-
-def _data_inputs(node: gs.Node) -> list[int]:
-    """Indices of the inputs that carry activations (or constants quantized like activations)."""
-    if node.op in ("Add", "Mul", "Concat"):
-        return list(range(len(node.inputs)))
-    if node.op == "MatMul":
-        return [i for i in (0, 1) if constant_value(node.inputs[i]) is None]
-    return [0] if node.inputs else []
-
-
-def _is_data_input(node: gs.Node, tensor: gs.Tensor) -> bool:
-    return any(node.inputs[i] is tensor for i in _data_inputs(node))
-
-
-def _weight_index(node: gs.Node) -> int | None:
-    return 1 if len(node.inputs) > 1 and constant_value(node.inputs[1]) is not None else None
-
-
-def _bias_index(node: gs.Node) -> int | None:
-    if node.op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and node.inputs[2].name:
-        return 2
-    return None
-
-
-def _weight_axis(node: gs.Node, weight: np.ndarray, per_channel: bool) -> tuple[int | None, str | None]:
-    """The output-channel axis of a weight (explicit per op), or ``None`` for per-tensor."""
-    if not per_channel:
-        return None, None
-    if node.op == "Conv":
-        return 0, None
-    if node.op == "ConvTranspose":
-        if int(node.attrs.get("group", 1)) != 1:
-            return None, "grouped ConvTranspose: weight axis 1 is not the output channel; per-tensor"
-        return 1, None
-    if node.op == "Gemm":
-        return (0 if int(node.attrs.get("transB", 0)) else 1), None
-    if weight.ndim == 2:  # MatMul [K, N]
-        return 1, None
-    return None, f"MatMul weight of rank {weight.ndim}: per-tensor"
-
-
-def _clip_bounds(node: gs.Node) -> tuple[float | None, float | None]:
-    if "min" in node.attrs or "max" in node.attrs:  # opset < 11
-        return float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf))
-    bounds: list[float | None] = []
-    for i in (1, 2):
-        if len(node.inputs) > i and node.inputs[i].name:
-            value = constant_value(node.inputs[i])
-            bounds.append(None if value is None or value.size != 1 else float(value.reshape(())))
-        else:
-            bounds.append(-np.inf if i == 1 else np.inf)
-    return bounds[0], bounds[1]
-
-
-def _check(node: gs.Node, dtypes: Mapping[str, np.dtype | None]) -> str | None:
-    """Why ``node`` cannot be quantized, or ``None``."""
-    for i in _data_inputs(node):
-        tensor = node.inputs[i]
-        value = constant_value(tensor)
-        if value is not None and node.op not in ("Add", "Mul", "Concat"):
-            return f"input '{tensor.name}' is a constant"
-        dtype = value.dtype if value is not None else dtypes.get(tensor.name)
-        if dtype is None:
-            return f"element type of input '{tensor.name}' is unknown (shape inference could not tell)"
-        if np.dtype(dtype) != np.float32:
-            return f"input '{tensor.name}' is {np.dtype(dtype).name}; only float32 is quantized"
-    if not node.outputs:
-        return "node has no outputs"
-    if node.op in COMPUTE_OPS:
-        return _check_compute(node)
-    if node.op in ("Add", "Mul") and all(constant_value(t) is not None for t in node.inputs):
-        return "all inputs are constants (left for constant folding)"
-    if node.op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1].outputs:
-        return "MaxPool indices output is used"
-    if node.op == "AveragePool" and any(int(d) != 1 for d in node.attrs.get("dilations", [])):
-        return "AveragePool with dilations has no integer kernel (QLinearAveragePool lacks them)"
-    if node.op == "AveragePool" and int(node.attrs.get("ceil_mode", 0)) and int(node.attrs.get("count_include_pad", 0)):
-        return "AveragePool with ceil_mode and count_include_pad: onnxruntime's integer kernel averages differently"
-    if node.op == "Resize" and node.attrs.get("mode", "nearest") not in ("nearest", "linear"):
-        return f"Resize mode '{node.attrs.get('mode')}' can overshoot the input range"
-    if node.op == "Clip" and None in _clip_bounds(node):
-        return "Clip bounds are computed at run time"
-    return None
-
-
-def _check_compute(node: gs.Node) -> str | None:
-    if node.op == "MatMul":
-        if constant_value(node.inputs[0]) is not None:
-            return "constant first input of MatMul is not supported"
-        weight = constant_value(node.inputs[1])
-        if weight is not None and weight.dtype != np.float32:
-            return f"weight is {weight.dtype}; only float32 is quantized"
-        return None
-    weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-    if weight is None:
-        return "weight is computed at run time (not a constant initializer)"
-    if weight.dtype != np.float32:
-        return f"weight is {weight.dtype}; only float32 is quantized"
-    if _bias_index(node) is not None:
-        bias = constant_value(node.inputs[2])
-        if bias is None:
-            return "bias is computed at run time (not a constant initializer)"
-        if node.op == "Gemm" and (bias.ndim != 1 or float(node.attrs.get("beta", 1.0)) != 1.0):
-            return "Gemm bias must be a 1-D constant with beta=1 to become an int32 bias"
-    if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
-        return "Gemm with transA=1 is not fused by onnxruntime"
-    return None
+def _clamps_at_zero(node: gs.Node) -> bool:
+    clamps = OPS[node.op].clamps_at_zero
+    return clamps is not None and clamps(node)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.graph import rewire
 from passes.pruning.consts import Names, producer, read
 from passes.pruning.threshold import adaptive_threshold
 
@@ -118,8 +119,5 @@ def remove(graph: gs.Graph, block: Block, names: Names, offset: np.ndarray | Non
     if any(t is y for t in graph.outputs):
         add.op, add.inputs, add.attrs = "Identity", [x], {}
         return
-    for reader in list(y.outputs):
-        for i, t in enumerate(reader.inputs):
-            if t is y:
-                reader.inputs[i] = x
+    rewire(y, x)
     add.outputs.clear()

@@ -13,8 +13,8 @@ as in Torch-Pruning's DepGraph: one layer's output channels, or every layer tied
 Whatever the analysis does not understand *blocks* the ids that reach it, with a reason: graph
 outputs, unknown ops, grouped convolutions, reshapes that mix channels with other axes, tensors read
 inside subgraphs. Blocked units are never pruned; the pass reports each blocked group with its reason.
-The op rules live in ``_channel_rules`` and ``_channel_layers``; this module holds the bookkeeping and the
-result.
+The op rules live in ``channel_rules`` (which also runs the analysis: ``analyse``) and ``channel_layers``;
+this module holds the bookkeeping and the result.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import export, subgraphs
+from onnxopt.graph import infer_types, subgraphs
 from passes.pruning.consts import shape as const_shape
 
 logger = logging.getLogger(__name__)
@@ -232,35 +231,14 @@ def present(tensor: gs.Tensor | None) -> bool:
 
 
 def inferred_shapes(graph: gs.Graph) -> dict[str, list[int | None]]:
-    """Tensor name -> dims (``None`` where symbolic or unknown), from ONNX shape inference."""
+    """Tensor name -> dims (``None`` where symbolic or unknown): the declared ones, overridden by
+    ONNX shape inference with data propagation (``onnxopt.graph.infer_types``)."""
     shapes: dict[str, list[int | None]] = {}
     for name, tensor in graph.tensors().items():
         if tensor.shape is not None:
             shapes[name] = [d if isinstance(d, int) and d >= 0 else None for d in tensor.shape]
-    model = export(graph)
-    model.ir_version = max(model.ir_version, 4)  # IR 3 ignores initializers that are not inputs
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception as exc:  # inference fails on custom ops; rules then see fewer shapes
-        logger.debug("shape inference failed: %s", exc)
-        return shapes
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
-                               for d in vi.type.tensor_type.shape.dim]
+    shapes.update((name, list(dims)) for name, dims in infer_types(graph, data_prop=True).shapes.items())
     return shapes
-
-
-def analyse(graph: gs.Graph) -> ChannelGraph:
-    """Analyse ``graph`` (toposorted in place) and return its channel groups."""
-    from passes.pruning.channel_rules import visit  # the rules import this module's types
-
-    graph.toposort()
-    cg = ChannelGraph(graph)
-    for node in graph.nodes:
-        visit(cg, node)
-    cg.finish()
-    return cg
 
 
 def validate(cg: ChannelGraph, pruned: np.ndarray, group: Group) -> str | None:

@@ -1,10 +1,10 @@
-"""How each op moves channel ids (see ``_channel_groups``).
+"""How each op moves channel ids (see ``channel_groups``), and the analysis that applies them (``analyse``).
 
 A rule looks at one node whose inputs were already visited. It either records what it understood
 (output layouts, constant slices, weighted layers) and returns ``None``, or returns the reason it
 cannot follow the channels, before recording anything; ``visit`` then blocks every id that reaches
 the node. Ops without a rule are not understood. The rules of the weighted layers
-(Conv/ConvTranspose/Gemm/MatMul, which create channel ids) live in ``_channel_layers``; the rules
+(Conv/ConvTranspose/Gemm/MatMul, which create channel ids) live in ``channel_layers``; the rules
 here pass ids on, unite, concatenate or move them.
 """
 
@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import default_opset
+from onnxopt.graph import default_opset, is_default_domain
 from passes.pruning import channel_layers as layers
 from passes.pruning.channel_groups import ChannelGraph, ConstSlice, Layout, node_name, present
 from passes.pruning.consts import read
@@ -31,10 +31,20 @@ _POOL = frozenset({"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "Glo
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu"})
 
 
+def analyse(graph: gs.Graph) -> ChannelGraph:
+    """Analyse ``graph`` (toposorted in place) and return its channel groups."""
+    graph.toposort()
+    cg = ChannelGraph(graph)
+    for node in graph.nodes:
+        visit(cg, node)
+    cg.finish()
+    return cg
+
+
 def visit(cg: ChannelGraph, node: gs.Node) -> None:
     """Apply ``node``'s rule; block the channels that reach it if there is none or it refuses."""
     label = f"{node.op} '{node_name(node)}'"
-    if node.domain not in (None, "", "ai.onnx"):
+    if not is_default_domain(node):
         reason: str | None = f"consumed by {label} from domain '{node.domain}'"
     elif any(isinstance(v, gs.Graph) for v in node.attrs.values()):
         reason = f"consumed by {label}, which has a subgraph"

@@ -25,7 +25,8 @@ from onnxopt.errors import PreconditionError
 from onnxopt.graph import export
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from passes.pruning import threshold as thresholds
-from passes.pruning.channel_groups import ChannelGraph, Group, analyse, node_name, validate
+from passes.pruning.channel_groups import ChannelGraph, Group, node_name, validate
+from passes.pruning.channel_rules import analyse
 from passes.pruning.consts import Names
 from passes.pruning.importance import GroupScores, score_groups
 from passes.pruning.lstsq import reconstruct

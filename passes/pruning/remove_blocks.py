@@ -28,7 +28,8 @@ from onnxopt.graph import export, import_graph
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.progress import Progress
 from onnxopt.runtime import iter_activations
-from passes.pruning.channel_groups import analyse, inferred_shapes, node_name
+from passes.pruning.channel_groups import inferred_shapes, node_name
+from passes.pruning.channel_rules import analyse
 from passes.pruning.blocks import Block, conv_sparsity, find_blocks, remove
 from passes.pruning.consts import Names
 from onnxopt.settings_check import require_known
