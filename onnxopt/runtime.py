@@ -182,6 +182,22 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
                 yield from attr.tensors
 
 
+def run_error(model: gs.Graph | onnx.ModelProto | str | os.PathLike[str], inputs: dict[str, np.ndarray], *,
+              providers: Sequence[str] = DEFAULT_PROVIDERS) -> str | None:
+    """Why one run of ``model`` on ``inputs`` fails (session creation included), else ``None``: a
+    kernel can load and still refuse its types when it runs (a float16 ScatterND with a reduction)."""
+    try:
+        session = make_session(model, providers=providers)
+        wanted = {i.name for i in session.get_inputs()}
+        session.run(None, {k: v for k, v in inputs.items() if k in wanted})
+    except OnnxoptError as exc:
+        return str(exc)
+    except Exception as exc:  # onnxruntime's exception types are not part of its public API
+        text = str(exc).strip().splitlines()
+        return text[0] if text else type(exc).__name__
+    return None
+
+
 def iter_activations(
     model: gs.Graph | onnx.ModelProto,
     names: Sequence[str],
