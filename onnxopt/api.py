@@ -10,12 +10,14 @@ from typing import Any, Sequence
 
 import onnx
 
-from onnxopt.data import DataSource, open_data
+from onnxopt.data import DataSource, RandomSource, input_specs, open_data
+from onnxopt.errors import DataError, ModelSaveError
 from onnxopt.evaluate import check_measurement, compare
 from onnxopt.graph import initializer_inputs
 from onnxopt.model_io import load_model, save_model
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.pipeline import Pipeline
+from onnxopt.runtime import run_error
 from onnxopt.registry import Registry, default_registry
 from onnxopt.stats import ModelStats, model_stats
 
@@ -102,9 +104,10 @@ def optimize(
     report = OptimizeReport(
         source=source, output=None, passes=result.reports,
         before=model_stats(original), after=model_stats(result.model),
-        calibration=None if calib is None else calib.description,
+        calibration=None if calib is None else "; ".join(filter(None, [calib.description, calib.feed_note()])),
     )
     report.warnings.extend(_input_warnings(original, calib, calibration, evaluation))
+    report.warnings.extend(check_runs(original, result.model, calib, providers, options))
     if data is not None:  # measured before writing: a failed measurement leaves nothing behind
         report.comparison = compare(
             original, result.model, data, providers=providers, threads=threads, batch_size=batch_size,
@@ -116,6 +119,25 @@ def optimize(
         report.comparison.model_a = f"{source} (original)"
         report.comparison.model_b = f"{report.output} (optimized)" if report.output else "optimized model (not saved)"
     return OptimizeResult(result.model, report)
+
+
+def check_runs(original: onnx.ModelProto, optimized: onnx.ModelProto, calib: DataSource | None,
+               providers: Sequence[str], options: dict[str, Any]) -> list[str]:
+    """Run the optimized model once before accepting it, on the first calibration batch, else on random
+    inputs shaped as the comparison's; a failure is refused like a load failure (``ModelSaveError``)
+    unless the original fails on the same inputs (then the run proves nothing: a warning says so)."""
+    try:
+        data = calib if calib is not None else RandomSource(input_specs(original), 1, 0, options.get("dim_values"))
+        batch = next(data.batches(1))
+    except DataError as exc:
+        return [f"the optimized model was not run before it was accepted: {exc}"]
+    error = run_error(optimized, batch.inputs, providers=providers)
+    if error is None:
+        return []
+    if run_error(original, batch.inputs, providers=providers) is not None:
+        return [f"the run check proves nothing: the original model fails on {data.description} too"]
+    raise ModelSaveError(f"refusing the optimized model: it loads but fails at run time on {data.description} "
+                         f"({error})")
 
 
 def _input_warnings(model: onnx.ModelProto, calib: DataSource | None, calibration: Any, evaluation: Any) -> list[str]:

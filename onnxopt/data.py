@@ -110,7 +110,9 @@ class RandomSource(DataSource):
         self.samples = -(-samples // fixed) * fixed
         self.seed = seed
         self.dim_values = dim_values or {}
-        self._shapes = {s.name: [self._dim(s, axis, d) for axis, d in enumerate(s.shape[1:], 1)] for s in specs}
+        # one sample: 1 on the sample axis; an input passed whole gets its full shape
+        self._shapes = {s.name: [1 if axis == s.sample_axis else self._dim(s, axis, d) for axis, d in enumerate(s.shape)]
+                        for s in specs}
         self.description = f"random inputs ({self.samples} samples, seed {seed}; latency/structure only)"
 
     @property
@@ -119,11 +121,17 @@ class RandomSource(DataSource):
 
     def _chunks(self) -> Iterator[Batch]:
         rng = np.random.default_rng(self.seed)
-        # a scalar input keeps one drawn value for the whole run, so samples still batch together
-        scalars = {s.name: _random_array(rng, s.dtype, []) for s in self.specs if s.scalar}
+        # an input passed whole keeps one drawn value for the whole run, so samples still batch together;
+        # when no input has a sample axis, each chunk is a run of its own and draws everything afresh
+        whole = {s.name for s in self.specs if s.sample_axis is None}
+        fresh = len(whole) == len(self.specs)
+        kept = {name: _random_array(rng, self._spec(name).dtype, self._shapes[name]) for name in whole if not fresh}
         for _ in range(self.samples):
-            yield Batch({s.name: scalars[s.name] if s.scalar else _random_array(rng, s.dtype, [1, *self._shapes[s.name]])
+            yield Batch({s.name: kept[s.name] if s.name in kept else _random_array(rng, s.dtype, self._shapes[s.name])
                          for s in self.specs})
+
+    def _spec(self, name: str) -> InputSpec:
+        return next(s for s in self.specs if s.name == name)
 
     def _dim(self, spec: InputSpec, axis: int, d: int | str | None) -> int:
         if isinstance(d, int) and d > 0:
