@@ -6,12 +6,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import onnx
 
 from onnxopt.data import DataSource, RandomSource, input_specs, open_data
-from onnxopt.errors import DataError, ModelSaveError
+from onnxopt.errors import DataError, ModelRunError, ModelSaveError
 from onnxopt.evaluate import check_measurement, compare
 from onnxopt.graph import initializer_inputs
 from onnxopt.model_io import load_model, save_model
@@ -107,31 +107,48 @@ def optimize(
         calibration=None if calib is None else "; ".join(filter(None, [calib.description, calib.feed_note()])),
     )
     report.warnings.extend(_input_warnings(original, calib, calibration, evaluation))
-    report.warnings.extend(check_runs(original, result.model, calib, providers, options))
+    if output is None:
+        report.warnings.extend(check_runs(original, calib, providers, options,
+                                          lambda feed: run_error(result.model, feed, providers=providers)))
     if data is not None:  # measured before writing: a failed measurement leaves nothing behind
         report.comparison = compare(
-            original, result.model, data, providers=providers, threads=threads, batch_size=batch_size,
-            latency_runs=latency_runs, progress=progress)
-    if output is not None:
+            model if isinstance(model, onnx.ModelProto) else Path(model), result.model, data, providers=providers,
+            threads=threads, batch_size=batch_size, latency_runs=latency_runs, progress=progress)
+    if output is not None:  # the run check on the written file (never a > 2 GB serialisation)
         input_path = None if isinstance(model, onnx.ModelProto) else Path(model)
-        report.output = str(save_model(result.model, output, input_path=input_path))
+        saved: list[Path] = []
+
+        def save(feed: dict[str, Any] | None) -> str | None:
+            try:
+                saved.append(save_model(result.model, output, input_path=input_path, feed=feed, providers=providers))
+            except ModelRunError as exc:
+                return exc.detail
+            return None
+
+        report.warnings.extend(check_runs(original, calib, providers, options, save))
+        report.output = str(saved[0] if saved else save_model(result.model, output, input_path=input_path))
     if report.comparison is not None:
         report.comparison.model_a = f"{source} (original)"
         report.comparison.model_b = f"{report.output} (optimized)" if report.output else "optimized model (not saved)"
     return OptimizeResult(result.model, report)
 
 
-def check_runs(original: onnx.ModelProto, optimized: onnx.ModelProto, calib: DataSource | None,
-               providers: Sequence[str], options: dict[str, Any]) -> list[str]:
-    """Run the optimized model once before accepting it, on the first calibration batch, else on random
-    inputs shaped as the comparison's; a failure is refused like a load failure (``ModelSaveError``)
-    unless the original fails on the same inputs (then the run proves nothing: a warning says so)."""
+def check_runs(original: onnx.ModelProto | str | os.PathLike[str], calib: DataSource | None,
+               providers: Sequence[str], options: dict[str, Any],
+               run_optimized: Callable[[dict[str, Any] | None], str | None]) -> list[str]:
+    """Run the optimized model once before accepting it (``run_optimized(feed)`` says why it fails, else
+    ``None``), on the first calibration batch, else on random inputs shaped as the comparison's; a
+    failure is refused like a load failure (``ModelSaveError``) unless the original fails on the same
+    inputs (then the run proves nothing: a warning says so). Without any feed, ``run_optimized(None)``."""
     try:
-        data = calib if calib is not None else RandomSource(input_specs(original), 1, 0, options.get("dim_values"))
+        data = calib if calib is not None else RandomSource(
+            input_specs(original if isinstance(original, onnx.ModelProto) else load_model(original, external_data=False)),
+            1, 0, options.get("dim_values"))
         batch = next(data.batches(1))
     except DataError as exc:
+        run_optimized(None)
         return [f"the optimized model was not run before it was accepted: {exc}"]
-    error = run_error(optimized, batch.inputs, providers=providers)
+    error = run_optimized(batch.inputs)
     if error is None:
         return []
     if run_error(original, batch.inputs, providers=providers) is not None:

@@ -29,7 +29,7 @@ from onnxopt.errors import DataError, OnnxoptError
 from onnxopt.graph import initializer_inputs
 from onnxopt.hardware import CpuInfo, cpu_info
 from onnxopt.latency import PairedLatency, paired_latency
-from onnxopt.model_io import load_model, tensor_bytes
+from onnxopt.model_io import load_model
 from onnxopt.ops import is_quantized_op
 from onnxopt.runtime import make_session
 from onnxopt.stats import ModelStats, model_stats
@@ -271,19 +271,15 @@ def _load(source: onnx.ModelProto | str | os.PathLike[str]) -> _Model:
     if isinstance(source, onnx.ModelProto):
         return _Model(source, source, "<ModelProto>", source.ByteSize(), input_specs(source))
     path = Path(source)
-    proto = load_model(path)
+    proto = load_model(path, external_data=False)  # onnxruntime loads the weights from the path
     return _Model(proto, str(path), str(path), _file_size(path, proto), input_specs(proto))
 
 
-def _file_size(path: Path, proto: onnx.ModelProto) -> int:
-    """Bytes on disk: the model file plus its external data files."""
-    size = path.stat().st_size
-    if tensor_bytes(proto) <= size:
-        return size
-    skeleton = onnx.load(str(path), load_external_data=False)
+def _file_size(path: Path, skeleton: onnx.ModelProto) -> int:
+    """Bytes on disk: the model file plus its external data files (``skeleton``: loaded without them)."""
     files = {entry.value for tensor in skeleton.graph.initializer if uses_external_data(tensor)
              for entry in tensor.external_data if entry.key == "location"}
-    return size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
 
 
 def _check_inputs(a: list[InputSpec], b: list[InputSpec]) -> None:

@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PostconditionError, PreconditionError
 from onnxopt.graph import export, import_graph
+from onnxopt.model_io import oversized, skeleton
 from onnxopt.pass_base import Pass, PassContext, PassReport, check_io_kept
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ def _histogram(graph: gs.Graph) -> Counter[str]:
 def _checked_export(graph: gs.Graph, template: onnx.ModelProto, pass_name: str) -> onnx.ModelProto:
     """``graph`` exported (the last pass's export is the pipeline's result) and checked."""
     exported = export(graph, template)
-    try:
-        onnx.checker.check_model(exported, full_check=False)
+    try:  # a model over protobuf's 2 GB limit is checked without its large weights
+        onnx.checker.check_model(skeleton(exported) if oversized(exported) else exported,
+                                 full_check=False)
         return exported
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
         text = str(exc).strip().splitlines()

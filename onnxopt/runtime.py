@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import constant_bytes, subgraph_protos, weights_detached
-from onnxopt.model_io import EXTERNAL_DATA_THRESHOLD, tensor_bytes
+from onnxopt.model_io import oversized, tensor_bytes
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -78,7 +78,7 @@ def make_session(
             return _graph_session(model, outputs, options, list(providers), extra)
         if isinstance(model, onnx.ModelProto):
             with _outputs_added(model, outputs):
-                if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+                if oversized(model):
                     return _session_via_file(model, options, list(providers), extra)
                 return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers), **extra)
         source = model if isinstance(model, bytes) else str(model)

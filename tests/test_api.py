@@ -14,6 +14,7 @@ from conftest import TINY_CLASSIFIER, parse, run_model
 import onnxopt
 from onnxopt.api import check_runs
 from onnxopt.errors import DataError, ModelSaveError
+from onnxopt.runtime import run_error
 
 
 
@@ -108,16 +109,16 @@ def test_a_model_that_fails_at_run_time_is_refused_like_one_that_fails_to_load()
     calib = onnxopt.open_data({"data": np.ones((4, 3), np.float32), "idx": np.zeros((4, 1), np.int64),
                                "upd": np.ones((4, 3), np.float32)}, original)
     # execute / assert
-    assert check_runs(original, original, calib, ["CPUExecutionProvider"], {}) == []
+    assert check_runs(original, calib, ["CPUExecutionProvider"], {}, lambda feed: run_error(original, feed)) == []
     with pytest.raises(ModelSaveError, match="fails at run time on list .*ScatterND"):
-        check_runs(original, broken, calib, ["CPUExecutionProvider"], {})
+        check_runs(original, calib, ["CPUExecutionProvider"], {}, lambda feed: run_error(broken, feed))
 
 
 def test_the_run_check_proves_nothing_when_the_original_fails_too() -> None:
     # setup: random indices (0..9) are out of range for the original as well
     original, broken = parse(SCATTER), parse(SCATTER_FLOAT16)
     # execute
-    warnings = check_runs(original, broken, None, ["CPUExecutionProvider"], {})
+    warnings = check_runs(original, None, ["CPUExecutionProvider"], {}, lambda feed: run_error(broken, feed))
     # assert
     assert warnings == ["the run check proves nothing: the original model fails on random inputs "
                         "(4 samples, seed 0; latency/structure only) too"]
