@@ -154,7 +154,7 @@ def run_model(folder: str) -> dict[str, tuple[str, str]]:
     try:
         onnx.checker.check_model(model, full_check=True)
         full = True
-    except onnx.checker.ValidationError:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
         full = False
     out: dict[str, tuple[str, str]] = {}
     for tool in TOOLS:
@@ -230,6 +230,10 @@ def main() -> None:
                     results[folder.name] = {t: ("internal error", "worker crashed") for t in TOOLS}
                     pending = [f for f in futures.values() if f.name not in results]
                     break
+                except Exception as exc:  # noqa: BLE001 - a harness error on one model: logged, not fatal
+                    logger.warning("%s: the benchmark cannot run this test (%s)", folder.name, exc)
+                    results[folder.name] = {}
+                    continue
                 logger.info("%s: %s", folder.name, {t: o for t, (o, _) in results[folder.name].items()})
     elapsed = time.perf_counter() - start
     applicable = {name: r for name, r in results.items() if r}

@@ -14,7 +14,7 @@ from onnxopt.data import DataSource, RandomSource, input_specs, open_data
 from onnxopt.errors import DataError, ModelRunError, ModelSaveError
 from onnxopt.evaluate import check_measurement, compare
 from onnxopt.graph import initializer_inputs
-from onnxopt.model_io import load_model, save_model
+from onnxopt.model_io import has_external_data, load_model, save_model
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.pipeline import Pipeline
 from onnxopt.runtime import run_error
@@ -83,7 +83,9 @@ def optimize(
 
         raise UnknownPassError(f"no passes given; choose from: {', '.join(registry.names())}")
     pass_objs = [registry.create(p) for p in passes]
-    original = load_model(model)
+    # a file's external data stays on disk for everything but the passes, which get the only full copy
+    original = load_model(model, external_data=False)
+    external = has_external_data(original)
     source = str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
     options = data_options or {}
     calib: DataSource | None = None
@@ -100,7 +102,7 @@ def optimize(
     # ``threads`` sets the measurement's intra-op threads (1: stable timings); the passes' own onnxruntime
     # work (calibration, constant folding) uses onnxruntime's default and finishes sooner
     ctx = PassContext(calibration=calib, seed=seed, providers=tuple(providers), progress=progress)
-    result = Pipeline(pass_objs).run(original, ctx)
+    result = Pipeline(pass_objs).run(load_model(model) if external else original, ctx)
     report = OptimizeReport(
         source=source, output=None, passes=result.reports,
         before=model_stats(original), after=model_stats(result.model),
@@ -108,7 +110,7 @@ def optimize(
     )
     report.warnings.extend(_input_warnings(original, calib, calibration, evaluation))
     if output is None:
-        report.warnings.extend(check_runs(original, calib, providers, options,
+        report.warnings.extend(check_runs(model if external else original, calib, providers, options,
                                           lambda feed: run_error(result.model, feed, providers=providers)))
     if data is not None:  # measured before writing: a failed measurement leaves nothing behind
         report.comparison = compare(
@@ -120,13 +122,15 @@ def optimize(
 
         def save(feed: dict[str, Any] | None) -> str | None:
             try:
-                saved.append(save_model(result.model, output, input_path=input_path, feed=feed, providers=providers))
+                saved.append(save_model(result.model, output, input_path=input_path, feed=feed, providers=providers,
+                                        external_data=external or None))
             except ModelRunError as exc:
                 return exc.detail
             return None
 
-        report.warnings.extend(check_runs(original, calib, providers, options, save))
-        report.output = str(saved[0] if saved else save_model(result.model, output, input_path=input_path))
+        report.warnings.extend(check_runs(model if external else original, calib, providers, options, save))
+        report.output = str(saved[0] if saved else save_model(result.model, output, input_path=input_path,
+                                                              external_data=external or None))
     if report.comparison is not None:
         report.comparison.model_a = f"{source} (original)"
         report.comparison.model_b = f"{report.output} (optimized)" if report.output else "optimized model (not saved)"

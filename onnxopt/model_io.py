@@ -109,6 +109,11 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     return sum(_proto_bytes(t) for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL)
 
 
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """Whether any main-graph initializer of ``model`` lives in an external data file."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 def oversized(model: onnx.ModelProto) -> bool:
     """Whether ``model``'s weights held in the proto exceed ``EXTERNAL_DATA_THRESHOLD``: it is then
     written with external data and checked without its weights (protobuf's hard limit is 2 GiB)."""
@@ -123,6 +128,7 @@ def save_model(
     check_runtime: bool = True,
     feed: dict[str, np.ndarray] | None = None,
     providers: Sequence[str] = ("CPUExecutionProvider",),
+    external_data: bool | None = None,
 ) -> Path:
     """Validate ``model`` and write it atomically to ``path``.
 
@@ -130,13 +136,17 @@ def save_model(
     model fails the full ``onnx.checker`` check, or when onnxruntime cannot create a session on
     ``providers``; with a ``feed``, also when one run on it fails (``ModelRunError``). Both are
     checked on the written file, so a model over 2 GB is never serialised in one piece.
+
+    Weights go to ``<name>.data`` beside the model when ``external_data`` (default: when
+    ``oversized``); ``model``'s tensors then refer to that file instead of holding the bytes (as
+    ``onnx.save_model`` leaves them: ``onnx.load_external_data_for_model(model, folder)`` reads them back).
     """
     dest = Path(path).resolve()
     if input_path is not None and _same_file(dest, Path(input_path)):
         raise ModelSaveError(f"{dest}: refusing to overwrite the input model; choose another -o path")
     _check_destination(dest, "a file name ending in .onnx")
 
-    external = oversized(model)
+    external = oversized(model) if external_data is None else external_data
     data_name = dest.name + ".data"
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".onnxopt-") as tmp:
         tmp_model = Path(tmp) / dest.name

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.errors import PostconditionError, PreconditionError
 from onnxopt.graph import export, import_graph
-from onnxopt.model_io import oversized, skeleton
+from onnxopt.model_io import skeleton
 from onnxopt.pass_base import Pass, PassContext, PassReport, check_io_kept
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Pipeline:
                 raise PreconditionError(
                     f"pass '{p.name}' needs calibration data; give --calib (CLI) or calibration= (API)")
         graph = import_graph(model)
+        model = _template(model)  # the weights stay referenced by the graph only, so conversions can free them
         input_names = [t.name for t in graph.inputs]
         output_names = [t.name for t in graph.outputs]
         reports = []
@@ -60,6 +61,22 @@ class Pipeline:
         return PipelineResult(exported if exported is not None else export(graph, model), reports)
 
 
+def _template(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without its graph: what ``export`` copies to the result (IR version, metadata, functions)."""
+    template = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name == "graph":
+            continue
+        target = getattr(template, descriptor.name)
+        if hasattr(target, "extend"):  # a repeated field
+            target.extend(value)
+        elif descriptor.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(template, descriptor.name, value)
+    return template
+
+
 def _histogram(graph: gs.Graph) -> Counter[str]:
     return Counter(node.op for node in graph.nodes)
 
@@ -67,9 +84,8 @@ def _histogram(graph: gs.Graph) -> Counter[str]:
 def _checked_export(graph: gs.Graph, template: onnx.ModelProto, pass_name: str) -> onnx.ModelProto:
     """``graph`` exported (the last pass's export is the pipeline's result) and checked."""
     exported = export(graph, template)
-    try:  # a model over protobuf's 2 GB limit is checked without its large weights
-        onnx.checker.check_model(skeleton(exported) if oversized(exported) else exported,
-                                 full_check=False)
+    try:  # checked without its large weights: no 2 GB limit, no serialised copy of the weights
+        onnx.checker.check_model(skeleton(exported), full_check=False)
         return exported
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
         text = str(exc).strip().splitlines()

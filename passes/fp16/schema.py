@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import export
+from onnxopt.graph import inference_probe
 
 FLOAT16 = "tensor(float16)"
 FLOAT = "tensor(float)"
@@ -92,9 +92,7 @@ Types = dict[tuple[Scope, str], onnx.TypeProto.Tensor]
 def inferred_types(graph: gs.Graph) -> Types:
     """Tensor types (element type and shape) of ``graph`` and its subgraphs from onnx type inference;
     raises ``onnx.shape_inference.InferenceError`` (or ``ValueError``) when inference fails."""
-    model = export(graph)
-    model.ir_version = max(model.ir_version, 4)  # IR < 4 types initializers through graph inputs
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    inferred = onnx.shape_inference.infer_shapes(inference_probe(graph), strict_mode=False)  # no weights copied
     types: Types = {}
     pending: list[tuple[Scope, onnx.GraphProto]] = [((), inferred.graph)]
     while pending:
