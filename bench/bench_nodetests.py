@@ -1,8 +1,9 @@
 """onnx's backend node tests as a robustness benchmark: fp16 and int8 against the reference tools.
 
-Reads the single-op models of Debian's ``libonnx-testdata`` (``apt-get install libonnx-testdata``;
-read from the OS package, never vendored) and, on every model with a float32 tensor whose original
-runs in onnxruntime and matches its expected outputs, runs:
+Reads the backend test models of Debian's ``libonnx-testdata`` (``apt-get install libonnx-testdata``;
+read from the OS package, never vendored): the single-op node tests plus the pytorch-converted,
+pytorch-operator and simple ones. On every model with a float32 tensor whose original runs in
+onnxruntime and matches its expected outputs, it runs:
 
 - ``fp16`` with defaults, and onnxconverter-common's ``convert_float_to_float16(keep_io_types=True)``;
 - ``int8`` with the test's inputs as calibration, and onnxruntime's ``quantize_static`` on the same inputs.
@@ -36,7 +37,8 @@ from bench._common import markdown_table, setup_logging, write_section  # noqa: 
 
 logger = logging.getLogger("bench_nodetests")
 
-NODE_DIR = Path("/usr/share/libonnx-testdata/data/node")
+DATA_DIR = Path("/usr/share/libonnx-testdata/data")
+SUITES = ("node", "pytorch-converted", "pytorch-operator", "simple")
 TOOLS = ("fp16", "onnxconverter-common", "int8", "quantize_static")
 OUTCOMES = ("converted, matches", "converted, mismatch", "unchanged", "refused", "invalid or fails to load",
             "fails at run time", "internal error")
@@ -206,9 +208,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     setup_logging(quiet_library=True)
-    if not NODE_DIR.is_dir():
-        raise SystemExit(f"{NODE_DIR} not found: apt-get install libonnx-testdata")
-    folders = sorted(p for p in NODE_DIR.iterdir() if (p / "model.onnx").is_file() and args.only in p.name)
+    if not (DATA_DIR / "node").is_dir():
+        raise SystemExit(f"{DATA_DIR / 'node'} not found: apt-get install libonnx-testdata")
+    folders = [p for suite in SUITES for p in sorted((DATA_DIR / suite).iterdir())
+               if (p / "model.onnx").is_file() and args.only in p.name]
     folders = folders[: args.limit] if args.limit else folders
     start = time.perf_counter()
     results: dict[str, dict[str, tuple[str, str]]] = {}
@@ -219,22 +222,22 @@ def main() -> None:
             pending = []
             for future, folder in futures.items():
                 try:
-                    results[folder.name] = future.result(timeout=TIMEOUT_S)
+                    results[_key(folder)] = future.result(timeout=TIMEOUT_S)
                 except cf.TimeoutError:
-                    results[folder.name] = {t: ("internal error", "timeout") for t in TOOLS}
+                    results[_key(folder)] = {t: ("internal error", "timeout") for t in TOOLS}
                     for proc in pool._processes.values():  # a hung worker: kill it, resubmit the rest
                         proc.kill()
-                    pending = [f for f in futures.values() if f.name not in results]
+                    pending = [f for f in futures.values() if _key(f) not in results]
                     break
                 except cf.process.BrokenProcessPool:
-                    results[folder.name] = {t: ("internal error", "worker crashed") for t in TOOLS}
-                    pending = [f for f in futures.values() if f.name not in results]
+                    results[_key(folder)] = {t: ("internal error", "worker crashed") for t in TOOLS}
+                    pending = [f for f in futures.values() if _key(f) not in results]
                     break
                 except Exception as exc:  # noqa: BLE001 - a harness error on one model: logged, not fatal
-                    logger.warning("%s: the benchmark cannot run this test (%s)", folder.name, exc)
-                    results[folder.name] = {}
+                    logger.warning("%s: the benchmark cannot run this test (%s)", _key(folder), exc)
+                    results[_key(folder)] = {}
                     continue
-                logger.info("%s: %s", folder.name, {t: o for t, (o, _) in results[folder.name].items()})
+                logger.info("%s: %s", _key(folder), {t: o for t, (o, _) in results[_key(folder)].items()})
     elapsed = time.perf_counter() - start
     applicable = {name: r for name, r in results.items() if r}
     body = _tables(applicable, len(folders), elapsed)
@@ -243,13 +246,18 @@ def main() -> None:
         write_section("nodetests", "python bench/bench_nodetests.py", body)
 
 
+def _key(folder: Path) -> str:
+    return f"{folder.parent.name}/{folder.name}"
+
+
 def _tables(results: dict[str, dict[str, tuple[str, str]]], total: int, elapsed: float) -> str:
     counts = {tool: collections.Counter(r[tool][0] for r in results.values() if tool in r) for tool in TOOLS}
     rows = [[outcome, *(counts[tool][outcome] for tool in TOOLS)] for outcome in OUTCOMES]
     lines = [
-        "## onnx backend node tests",
+        "## onnx backend tests (libonnx-testdata)",
         "",
-        f"{len(results)} of the {total} node-test models of Debian's `libonnx-testdata` have a float32 tensor and "
+        f"{len(results)} of the {total} backend test models of Debian's `libonnx-testdata` ({', '.join(SUITES)}; "
+        f"{sum(k.startswith('node/') for k in results)} of them node tests) have a float32 tensor and "
         "an original that runs in onnxruntime (CPU, graph optimizations off) and matches its expected outputs. "
         "fp16 outputs are compared with the expected outputs at the pass's tolerance (rtol = atol = 2e-2); "
         "int8 results only need to load and run (int8 error on single ops is not a robustness question). "

@@ -431,6 +431,24 @@ def test_mean_variance_normalization_is_not_a_postcondition_error() -> None:
     assert_close(model, result.model, feeds)
 
 
+def test_an_input_model_that_fails_type_inference_already_is_not_a_postcondition_error() -> None:
+    # setup: an opset-6 export whose int64 Constant onnx's type inference rejects (Constant-6 is float only)
+    model = onnx.parser.parse_model("""
+        <ir_version: 3, opset_import: ["" : 6]>
+        g (float[1,2,3] x) => (float[2,2,6] y) {
+            r = Constant <value = int64[3] {2, 1, 2}> ()
+            y = Tile(x, r)
+        }""")
+    feeds = {"x": RNG.standard_normal((1, 2, 3)).astype(np.float32)}
+    # execute
+    result = Pipeline([Fp16()]).run(model, PassContext())
+    report = result.reports[0]
+    # assert: the Tile is converted; the complaint the input had is recorded, not raised
+    assert "unsupported type tensor(int64)" in report.details["type_error_before"]
+    assert report.details["nodes_converted"] == 1
+    assert_close(model, result.model, feeds)
+
+
 def test_unavailable_provider_is_reported_not_probed() -> None:
     # setup
     ctx = PassContext(providers=("NoSuchExecutionProvider",))
