@@ -5,7 +5,7 @@ external data, the form every large export takes, and runs the CLI on it in a fr
 command: ``inspect``, ``optimize`` with ``fp16`` and with ``int8`` (32 random calibration samples),
 each without the comparison (``--no-eval``), and ``compare`` of the original with the fp16 result on
 32 random samples. Peak memory is the command's maximum resident set (``wait4``), against the weight
-bytes. Needs about 6 GB of free disk and memory.
+bytes. Needs about 6 GB of free disk and 14 GB of memory (inspect's peak).
 
     python bench/bench_large.py [--no-write]
 """
