@@ -6,17 +6,19 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import onnx
 
 from onnxopt.claims import calibration_warning
-from onnxopt.data import DEFAULT_DYNAMIC_DIM, DataSource, RandomSource, open_data, sample_shapes
+from onnxopt.data import DEFAULT_DYNAMIC_DIM, DataSource, RandomSource, input_specs, open_data, sample_shapes
+from onnxopt.errors import DataError, ModelRunError, ModelSaveError
 from onnxopt.evaluate import Comparison, check_measurement, compare
 from onnxopt.graph import initializer_inputs
-from onnxopt.model_io import load_model, save_model
+from onnxopt.model_io import has_external_data, load_model, save_model
 from onnxopt.pass_base import Pass, PassContext, PassReport
 from onnxopt.pipeline import Pipeline
+from onnxopt.runtime import run_error
 from onnxopt.registry import Registry, default_registry
 from onnxopt.stats import ModelStats, model_stats
 
@@ -82,7 +84,9 @@ def optimize(
 
         raise UnknownPassError(f"no passes given; choose from: {', '.join(registry.names())}")
     pass_objs = [registry.create(p) for p in passes]
-    original = load_model(model)
+    # a file's external data stays on disk for everything but the passes, which get the only full copy
+    original = load_model(model, external_data=False)
+    external = has_external_data(original)
     source = str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
     options = data_options or {}
     calib: DataSource | None = None
@@ -100,27 +104,42 @@ def optimize(
     # ``threads`` sets the measurement's intra-op threads (1: stable timings); the passes' own onnxruntime
     # work (calibration, constant folding) uses onnxruntime's default and finishes sooner
     ctx = PassContext(calibration=calib, seed=seed, providers=tuple(providers), progress=progress)
-    result = Pipeline(pass_objs).run(original, ctx)
+    result = Pipeline(pass_objs).run(load_model(model) if external else original, ctx)
     report = OptimizeReport(
         source=source, output=None, passes=[*result.prelude, *result.reports],
         before=model_stats(original), after=model_stats(result.model),
-        calibration=None if calib is None else calib.description,
+        calibration=None if calib is None else "; ".join(filter(None, [calib.description, calib.feed_note()])),
     )
     report.warnings.extend(_input_warnings(original, calib, calibration, evaluation))
+    if output is None:
+        report.warnings.extend(check_runs(model if external else original, calib, providers, options,
+                                          lambda feed: run_error(result.model, feed, providers=providers)))
     if data is not None:  # measured before writing: a failed measurement leaves nothing behind
-        report.comparison = _compare(original, result.model, data, report.warnings, providers=providers,
-                                     threads=threads, batch_size=batch_size, latency_runs=latency_runs,
-                                     progress=progress)
-    if output is not None:
+        report.comparison = _compare(
+            model if isinstance(model, onnx.ModelProto) else Path(model), result.model, data, report.warnings,
+            providers=providers, threads=threads, batch_size=batch_size, latency_runs=latency_runs, progress=progress)
+    if output is not None:  # the run check on the written file (never a > 2 GB serialisation)
         input_path = None if isinstance(model, onnx.ModelProto) else Path(model)
-        report.output = str(save_model(result.model, output, input_path=input_path))
+        saved: list[Path] = []
+
+        def save(feed: dict[str, Any] | None) -> str | None:
+            try:
+                saved.append(save_model(result.model, output, input_path=input_path, feed=feed, providers=providers,
+                                        external_data=external or None))
+            except ModelRunError as exc:
+                return exc.detail
+            return None
+
+        report.warnings.extend(check_runs(model if external else original, calib, providers, options, save))
+        report.output = str(saved[0] if saved else save_model(result.model, output, input_path=input_path,
+                                                              external_data=external or None))
     if report.comparison is not None:
         report.comparison.model_a = f"{source} (original)"
         report.comparison.model_b = f"{report.output} (optimized)" if report.output else "optimized model (not saved)"
     return OptimizeResult(result.model, report)
 
 
-def _compare(original: onnx.ModelProto, optimized: onnx.ModelProto, data: DataSource, warnings: list[str],
+def _compare(original: onnx.ModelProto | Path, optimized: onnx.ModelProto, data: DataSource, warnings: list[str],
              **kwargs: Any) -> Comparison | None:
     """The comparison on ``data``. On random data (the default, which only measures latency and
     structure) a failure is a warning, not a reason to withhold a model that passed its checks."""
@@ -137,6 +156,30 @@ def _compare(original: onnx.ModelProto, optimized: onnx.ModelProto, data: DataSo
                         "measured; give evaluation data (--eval) or dynamic sizes (--dim NAME=N)")
         logger.info("comparison skipped", exc_info=True)
         return None
+
+
+def check_runs(original: onnx.ModelProto | str | os.PathLike[str], calib: DataSource | None,
+               providers: Sequence[str], options: dict[str, Any],
+               run_optimized: Callable[[dict[str, Any] | None], str | None]) -> list[str]:
+    """Run the optimized model once before accepting it (``run_optimized(feed)`` says why it fails, else
+    ``None``), on the first calibration batch, else on random inputs shaped as the comparison's; a
+    failure is refused like a load failure (``ModelSaveError``) unless the original fails on the same
+    inputs (then the run proves nothing: a warning says so). Without any feed, ``run_optimized(None)``."""
+    try:
+        data = calib if calib is not None else RandomSource(
+            input_specs(original if isinstance(original, onnx.ModelProto) else load_model(original, external_data=False)),
+            1, 0, options.get("dim_values"))
+        batch = next(data.batches(1))
+    except DataError as exc:
+        run_optimized(None)
+        return [f"the optimized model was not run before it was accepted: {exc}"]
+    error = run_optimized(batch.inputs)
+    if error is None:
+        return []
+    if run_error(original, batch.inputs, providers=providers) is not None:
+        return [f"the run check proves nothing: the original model fails on {data.description} too"]
+    raise ModelSaveError(f"refusing the optimized model: it loads but fails at run time on {data.description} "
+                         f"({error})")
 
 
 def _input_warnings(model: onnx.ModelProto, calib: DataSource | None, calibration: Any, evaluation: Any) -> list[str]:

@@ -224,8 +224,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from onnxopt.render import print_comparison
 
     _check_report_path(args, args.model_a, args.model_b)
-    model_a = load_model(args.model_a)
-    load_model(args.model_b)  # a clear error for a bad second model before any measurement
+    model_a = load_model(args.model_a, external_data=False)  # onnxruntime reads the weights from the paths
+    load_model(args.model_b, external_data=False)  # a clear error for a bad second model before any measurement
     kwargs = _measure_kwargs(args)
     seed = kwargs.pop("seed", 0)
     data = open_data(args.data or "random", model_a, seed=seed, **_data_options(args))

@@ -123,7 +123,9 @@ class RandomSource(DataSource):
         self.observed = observed or {}
         self.assumed: list[str] = []
         self._sized: list[str] = []
-        self._shapes = {s.name: [self._dim(s, axis, d) for axis, d in enumerate(s.shape[1:], 1)] for s in specs}
+        # one sample: 1 on the sample axis; an input passed whole gets its full shape
+        self._shapes = {s.name: [1 if axis == s.sample_axis else self._dim(s, axis, d) for axis, d in enumerate(s.shape)]
+                        for s in specs}
         dims = f"; dynamic dims {', '.join(self._sized)}" if self._sized else ""
         self.description = f"random inputs ({self.samples} samples, seed {seed}{dims}; latency/structure only)"
 
@@ -133,11 +135,17 @@ class RandomSource(DataSource):
 
     def _chunks(self) -> Iterator[Batch]:
         rng = np.random.default_rng(self.seed)
-        # a scalar input keeps one drawn value for the whole run, so samples still batch together
-        scalars = {s.name: _random_array(rng, s.dtype, []) for s in self.specs if s.scalar}
+        # an input passed whole keeps one drawn value for the whole run, so samples still batch together;
+        # when no input has a sample axis, each chunk is a run of its own and draws everything afresh
+        whole = {s.name for s in self.specs if s.sample_axis is None}
+        fresh = len(whole) == len(self.specs)
+        kept = {name: _random_array(rng, self._spec(name).dtype, self._shapes[name]) for name in whole if not fresh}
         for _ in range(self.samples):
-            yield Batch({s.name: scalars[s.name] if s.scalar else _random_array(rng, s.dtype, [1, *self._shapes[s.name]])
+            yield Batch({s.name: kept[s.name] if s.name in kept else _random_array(rng, s.dtype, self._shapes[s.name])
                          for s in self.specs})
+
+    def _spec(self, name: str) -> InputSpec:
+        return next(s for s in self.specs if s.name == name)
 
     def _dim(self, spec: InputSpec, axis: int, d: int | str | None) -> int:
         if isinstance(d, int) and d > 0:
@@ -145,8 +153,8 @@ class RandomSource(DataSource):
         seen = self.observed.get(spec.name)
         if isinstance(d, str) and d in self.dim_values:
             size, where = self.dim_values[d], "given"
-        elif seen is not None and len(seen) == len(spec.shape) - 1:
-            size, where = seen[axis - 1], "as in the calibration data"
+        elif seen is not None and len(seen) == len(spec.shape) - (spec.sample_axis is not None):
+            size, where = seen[axis - (spec.sample_axis is not None and axis > spec.sample_axis)], "as in the calibration data"
         else:
             size, where = DEFAULT_DYNAMIC_DIM, "default"
             self.assumed.append(f"{d!r} of input '{spec.name}'" if d else f"axis {axis} of input '{spec.name}'")
@@ -155,9 +163,13 @@ class RandomSource(DataSource):
 
 
 def sample_shapes(source: DataSource) -> dict[str, tuple[int, ...]]:
-    """The per-sample shape of each input in the first chunk of ``source`` (the batch axis left out)."""
+    """The per-sample shape of each input in the first chunk of ``source`` (its sample axis left out; an
+    input passed whole keeps its full shape)."""
     first = next(source._validated(), None)
-    return {} if first is None else {k: tuple(v.shape[1:]) for k, v in first.inputs.items() if np.ndim(v)}
+    if first is None:
+        return {}
+    return {k: tuple(d for i, d in enumerate(v.shape) if i != first.axis(k)) for k, v in first.inputs.items()
+            if np.ndim(v)}
 
 
 def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: list[int]) -> np.ndarray:

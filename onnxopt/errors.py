@@ -20,6 +20,14 @@ class ModelSaveError(OnnxoptError):
     """The model cannot be written: it would overwrite the input, fails the checker or onnxruntime."""
 
 
+class ModelRunError(ModelSaveError):
+    """The model loads in onnxruntime but fails on its first run; ``detail`` is onnxruntime's reason."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 class DataError(OnnxoptError):
     """Calibration/evaluation data is missing, empty, or does not match the model's inputs."""
 

@@ -29,12 +29,12 @@ from onnx.external_data_helper import uses_external_data
 
 from onnxopt.data import DataSource, InputSpec, RandomSource, input_specs, open_data
 from onnxopt.errors import DataError, OnnxoptError
-from onnxopt.baseline import canonical_baseline
+from onnxopt.baseline import Baseline, canonical_baseline
 from onnxopt.claims import claim_warnings
 from onnxopt.hardware import CpuInfo, cpu_info
 from onnxopt.latency import PairedLatency, interleaved_times, paired
 from onnxopt.metrics import ErrorStats, OutputError, TopOne, accuracy_delta_interval, json_float
-from onnxopt.model_io import load_model, tensor_bytes
+from onnxopt.model_io import has_external_data, load_model
 from onnxopt.progress import Progress
 from onnxopt.runtime import make_session
 from onnxopt.stats import ModelStats, model_stats
@@ -124,19 +124,15 @@ def _load(source: onnx.ModelProto | str | os.PathLike[str]) -> _Model:
     if isinstance(source, onnx.ModelProto):
         return _Model(source, source, "<ModelProto>", source.ByteSize(), input_specs(source))
     path = Path(source)
-    proto = load_model(path)
+    proto = load_model(path, external_data=False)  # onnxruntime loads the weights from the path
     return _Model(proto, str(path), str(path), _file_size(path, proto), input_specs(proto))
 
 
-def _file_size(path: Path, proto: onnx.ModelProto) -> int:
-    """Bytes on disk: the model file plus its external data files."""
-    size = path.stat().st_size
-    if tensor_bytes(proto) <= size:
-        return size
-    skeleton = onnx.load(str(path), load_external_data=False)
+def _file_size(path: Path, skeleton: onnx.ModelProto) -> int:
+    """Bytes on disk: the model file plus its external data files (``skeleton``: loaded without them)."""
     files = {entry.value for tensor in skeleton.graph.initializer if uses_external_data(tensor)
              for entry in tensor.external_data if entry.key == "location"}
-    return size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
 
 
 def _check_inputs(a: list[InputSpec], b: list[InputSpec]) -> None:
@@ -224,7 +220,8 @@ def compare(
         if not optimize:  # latency is always measured the way users deploy: all graph optimizations on
             sessions = (make_session(a.target, providers=providers, threads=threads, optimize=True),
                         make_session(b.target, providers=providers, threads=threads, optimize=True))
-        base = canonical_baseline(a.proto)
+        # a model whose weights stay in external files is timed as it is (the rewrites would need them loaded)
+        base = Baseline(a.proto) if has_external_data(a.proto) else canonical_baseline(a.proto)
         canonical = (make_session(base.model, providers=providers, threads=threads, optimize=True)
                      if base.changes else None)
         if base.problem is not None:

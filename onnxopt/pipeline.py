@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.data_source import input_specs
 from onnxopt.errors import PostconditionError, PreconditionError
 from onnxopt.graph import copy_graph, export, import_graph, replace_contents
+from onnxopt.model_io import skeleton
 from onnxopt.pass_base import Pass, PassContext, PassReport, check_io_kept
 from onnxopt.prelude import RetypedSource, float32_first, float32_note, undone, upgrade_for
 
@@ -44,6 +45,7 @@ class Pipeline:
         prelude = [upgraded] if upgraded is not None else []
         fp32 = float32_first(model, self.passes)
         graph = import_graph(model)
+        model = _template(model)  # the weights stay referenced by the graph only, so conversions can free them
         reports = []
         exported = None
         for p in ([fp32] if fp32 is not None else []) + list(self.passes):
@@ -101,6 +103,22 @@ class Pipeline:
         return report
 
 
+def _template(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without its graph: what ``export`` copies to the result (IR version, metadata, functions)."""
+    template = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name == "graph":
+            continue
+        target = getattr(template, descriptor.name)
+        if hasattr(target, "extend"):  # a repeated field
+            target.extend(value)
+        elif descriptor.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(template, descriptor.name, value)
+    return template
+
+
 def _histogram(graph: gs.Graph) -> Counter[str]:
     return Counter(node.op for node in graph.nodes)
 
@@ -108,8 +126,8 @@ def _histogram(graph: gs.Graph) -> Counter[str]:
 def _checked_export(graph: gs.Graph, template: onnx.ModelProto, pass_name: str) -> onnx.ModelProto:
     """``graph`` exported (the last pass's export is the pipeline's result) and checked."""
     exported = export(graph, template)
-    try:
-        onnx.checker.check_model(exported, full_check=False)
+    try:  # checked without its large weights: no 2 GB limit, no serialised copy of the weights
+        onnx.checker.check_model(skeleton(exported), full_check=False)
         return exported
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
         text = str(exc).strip().splitlines()

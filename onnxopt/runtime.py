@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import constant_bytes, subgraph_protos, weights_detached
-from onnxopt.model_io import EXTERNAL_DATA_THRESHOLD, tensor_bytes
+from onnxopt.model_io import oversized, tensor_bytes
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -85,7 +85,7 @@ def make_session(
             return _graph_session(model, outputs, options, list(providers), extra)
         if isinstance(model, onnx.ModelProto):
             with _outputs_added(model, outputs):
-                if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+                if oversized(model):
                     return _session_via_file(model, options, list(providers), extra)
                 return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers), **extra)
         source = model if isinstance(model, bytes) else str(model)
@@ -187,6 +187,22 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
                 if attr.HasField("t"):
                     yield attr.t
                 yield from attr.tensors
+
+
+def run_error(model: gs.Graph | onnx.ModelProto | str | os.PathLike[str], inputs: dict[str, np.ndarray], *,
+              providers: Sequence[str] = DEFAULT_PROVIDERS) -> str | None:
+    """Why one run of ``model`` on ``inputs`` fails (session creation included), else ``None``: a
+    kernel can load and still refuse its types when it runs (a float16 ScatterND with a reduction)."""
+    try:
+        session = make_session(model, providers=providers)
+        wanted = {i.name for i in session.get_inputs()}
+        session.run(None, {k: v for k, v in inputs.items() if k in wanted})
+    except OnnxoptError as exc:
+        return str(exc)
+    except Exception as exc:  # onnxruntime's exception types are not part of its public API
+        text = str(exc).strip().splitlines()
+        return text[0] if text else type(exc).__name__
+    return None
 
 
 def iter_activations(

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from onnxopt.graph import subgraph_protos
+from onnxopt.model_io import skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
     """Compute statistics of ``model`` (shape inference runs on a copy; failures are tolerated)."""
     graph = model.graph
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        # inferred without the large weights: no 2 GB limit, no serialised copy of the weights
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
     except Exception as exc:  # shape inference may fail on custom ops; MACs then stay partial
         logger.debug("shape inference failed: %s", exc)
         inferred = model

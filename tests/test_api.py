@@ -12,7 +12,9 @@ import pytest
 from conftest import TINY_CLASSIFIER, parse, run_model
 
 import onnxopt
-from onnxopt.errors import DataError
+from onnxopt.api import check_runs
+from onnxopt.errors import DataError, ModelSaveError
+from onnxopt.runtime import run_error
 
 
 
@@ -136,3 +138,66 @@ def test_a_default_comparison_that_cannot_run_still_writes_the_model(tmp_path: P
 def test_few_calibration_samples_warn(data: Path) -> None:
     result = onnxopt.optimize(parse(TINY_CLASSIFIER), ["eliminate-identity"], calibration=data)
     assert any(w.startswith("only 16 calibration samples (fewer than 100)") for w in result.report.warnings)
+
+
+SCATTER = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[4,3] data, int64[4,1] idx, float[4,3] upd) => (float[4,3] y) {
+    y = ScatterND <reduction="add"> (data, idx, upd)
+}"""
+#: the same model computing in float16, as an fp16 pass without the kernel probe would write it
+SCATTER_FLOAT16 = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[4,3] data, int64[4,1] idx, float[4,3] upd) => (float[4,3] y) {
+    d = Cast <to=10> (data)
+    u = Cast <to=10> (upd)
+    h = ScatterND <reduction="add"> (d, idx, u)
+    y = Cast <to=1> (h)
+}"""
+
+
+def test_a_model_that_fails_at_run_time_is_refused_like_one_that_fails_to_load() -> None:
+    # setup: onnxruntime loads a float16 ScatterND with reduction=add and fails on its first run
+    original, broken = parse(SCATTER), parse(SCATTER_FLOAT16)
+    calib = onnxopt.open_data({"data": np.ones((4, 3), np.float32), "idx": np.zeros((4, 1), np.int64),
+                               "upd": np.ones((4, 3), np.float32)}, original)
+    # execute / assert
+    assert check_runs(original, calib, ["CPUExecutionProvider"], {}, lambda feed: run_error(original, feed)) == []
+    with pytest.raises(ModelSaveError, match="fails at run time on list .*ScatterND"):
+        check_runs(original, calib, ["CPUExecutionProvider"], {}, lambda feed: run_error(broken, feed))
+
+
+def test_the_run_check_proves_nothing_when_the_original_fails_too() -> None:
+    # setup: random indices (0..9) are out of range for the original as well
+    original, broken = parse(SCATTER), parse(SCATTER_FLOAT16)
+    # execute
+    warnings = check_runs(original, None, ["CPUExecutionProvider"], {}, lambda feed: run_error(broken, feed))
+    # assert
+    assert warnings == ["the run check proves nothing: the original model fails on random inputs "
+                        "(4 samples, seed 0; latency/structure only) too"]
+
+
+def test_int8_calibrates_a_stateful_model_from_a_list_of_dicts() -> None:
+    # setup: x [B, 4] beside a recurrent state [2, B, 8]; the dicts hold 5, 7 and 2 samples
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[B, 4] x, float[2, B, 8] state) => (float[B, 8] y) {
+            h = MatMul(x, w)
+            s = ReduceMean <axes=[0], keepdims=0> (state)
+            y = Add(h, s)
+        }""")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(
+        np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8), "w"))
+    rng = np.random.default_rng(0)
+    dicts = [{"x": rng.standard_normal((b, 4)).astype(np.float32),
+              "state": rng.standard_normal((2, b, 8)).astype(np.float32)} for b in (5, 7, 2)]
+    # execute
+    result = onnxopt.optimize(model, ["int8"], calibration=dicts)
+    # assert: quantized, runs on every dict, and the report says where the samples are
+    counts = {op: sum(n.op_type == op for n in result.model.graph.node) for op in ("QuantizeLinear", "MatMul")}
+    assert counts["QuantizeLinear"] >= 1 and counts["MatMul"] == 1
+    for d in dicts:
+        out, = run_model(result.model, d)
+        ref, = run_model(model, d)
+        np.testing.assert_allclose(out, ref, atol=0.1)
+    assert result.report.calibration.endswith("; samples lie on state (axis 1)")

@@ -313,7 +313,7 @@ ERRORS: dict[str, tuple[Callable[[Path], Any], onnx.ModelProto, str]] = {
     "batch for scalar input": (lambda t: [{"x": _x(3)[:, 0]}], _model(("x", FLOAT, [])),
                                "input 'x' has shape [3]; the model wants a scalar"),
     "fixed dim": (lambda t: [{"x": np.zeros((2, 4), np.float32)}], SINGLE, "axis 1 is 4, not 3"),
-    "sample counts": (lambda t: [{"a": _pair()["a"], "b": _pair(3)["b"]}], PAIR, "different numbers of samples [3, 10]"),
+    "sample counts": (lambda t: [{"a": _pair()["a"], "b": _pair(3)["b"]}], PAIR, "different numbers of samples (a: 10 on axis 0, b: 3 on axis 0)"),
     "label count": (lambda t: [{"x": _x(3), "label": np.arange(2)}], SINGLE, "2 labels for 3 samples"),
     "mixed labels": (lambda t: [{"x": _x(3), "label": np.arange(3)}, {"x": _x(3)}], SINGLE,
                      "(chunk 1): has no labels but earlier chunks have"),
@@ -599,3 +599,88 @@ def test_image_source_says_which_preprocessing_defaults_it_used(tmp_path: Path) 
 
     assert source.description.endswith("; defaults used: resize, scale, mean, std, layout, grayscale, dtype)")
     assert "resize=4x4,scale=0.00392156862745098,mean=0.0,std=1.0,order=BGR,layout=NCHW" in source.description
+
+
+# -- sample axes -------------------------------------------------------------------------------
+
+def _stateful() -> onnx.ModelProto:
+    """x [B, 4] and a recurrent state [2, B, 8] share the batch B; a scalar rate and a weight fed as an
+    input have none."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[B, 4] x, float[2, B, 8] state, float rate, float[8, 3] w2) => (float[B, 3] y) {
+            h = MatMul(x, w1)
+            s = ReduceMean <axes=[0], keepdims=0> (state)
+            a = Add(h, s)
+            r = Mul(a, rate)
+            y = MatMul(r, w2)
+        }""")
+    model.graph.initializer.append(numpy_helper.from_array(np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8), "w1"))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _stateful_dict(rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
+    return {"x": rng.standard_normal((b, 4)).astype(np.float32),
+            "state": rng.standard_normal((2, b, 8)).astype(np.float32),
+            "rate": np.float32(0.5), "w2": np.ones((8, 3), np.float32)}
+
+
+@pytest.mark.parametrize("shapes, expected", [
+    ({"x": ["B", 4], "state": [2, "B", 8], "rate": [], "w2": [8, 3]}, {"x": 0, "state": 1, "rate": None, "w2": None}),
+    ({"x": ["N", 3], "y": ["N"]}, {"x": 0, "y": 0}),
+    ({"x": [4, 3], "y": [4]}, {"x": 0, "y": 0}),
+    ({"x": [None, 3], "y": ["N", 2]}, {"x": 0, "y": 0}),
+    ({"x": [3, 4, 5], "y": [5]}, {"x": None, "y": None}),
+    ({"x": [2, "T"], "y": [3, "T"]}, {"x": 1, "y": 1}),
+    ({"tokens": ["B", "T"], "mask": [1, "T"]}, {"tokens": 0, "mask": None}),
+])
+def test_sample_axes_come_from_the_declared_shapes(shapes: dict[str, list[Any]], expected: dict[str, Any]) -> None:
+    # setup
+    model = _model(*((name, FLOAT, shape) for name, shape in shapes.items()))
+    # execute
+    axes = {s.name: s.sample_axis for s in input_specs(model)}
+    # assert
+    assert axes == expected
+
+
+def test_a_stateful_model_batches_its_state_on_axis_1_and_passes_the_rest_whole() -> None:
+    # setup: three dicts of 5, 7 and 2 samples
+    rng = np.random.default_rng(0)
+    dicts = [_stateful_dict(rng, b) for b in (5, 7, 2)]
+    source = open_data(dicts, _stateful())
+    # execute
+    batches = list(source.batches(4))
+    # assert: samples regrouped in 4s along each input's own axis; the whole inputs ride along unchanged
+    assert [b.size for b in batches] == [4, 4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([b.inputs["x"] for b in batches]),
+                                  np.concatenate([d["x"] for d in dicts]))
+    np.testing.assert_array_equal(np.concatenate([b.inputs["state"] for b in batches], axis=1),
+                                  np.concatenate([d["state"] for d in dicts], axis=1))
+    assert all(b.inputs["w2"].shape == (8, 3) and b.inputs["rate"].shape == () for b in batches)
+    assert source.feed_note() == ("input(s) rate, w2 have no sample axis and are passed whole with every batch; "
+                                  "samples lie on state (axis 1)")
+    session = make_session(_stateful())
+    assert all(session.run(None, b.inputs)[0].shape == (b.size, 3) for b in batches)
+
+
+def test_without_a_sample_axis_each_dict_is_one_run() -> None:
+    # setup: a single-op test whose inputs share no batch dimension
+    model = _model(("x", FLOAT, [3, 4, 5]), ("y", FLOAT, [5]))
+    dicts = [{"x": np.zeros((3, 4, 5), np.float32), "y": np.full(5, float(i), np.float32)} for i in range(3)]
+    # execute
+    batches = list(open_data(dicts, model).batches(32))
+    random = list(open_data("random:2", model).batches(32))
+    # assert
+    assert [b.inputs["y"][0] for b in batches] == [0.0, 1.0, 2.0]
+    assert [b.size for b in batches] == [1, 1, 1]
+    assert [b.inputs["x"].shape for b in random] == [(3, 4, 5), (3, 4, 5)]
+    assert not np.array_equal(random[0].inputs["y"], random[1].inputs["y"])
+
+
+def test_random_data_for_a_stateful_model() -> None:
+    # execute
+    batches = list(open_data("random:6", _stateful()).batches(4))
+    # assert
+    assert [b.inputs["state"].shape for b in batches] == [(2, 4, 8), (2, 2, 8)]
+    assert all(b.inputs["w2"] is batches[0].inputs["w2"] for b in batches)

@@ -364,6 +364,91 @@ def test_node_without_provider_float16_kernel_stays_float32() -> None:
         run_model(unprobed, x_feed())
 
 
+SCATTER_MODEL = """
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[4,3] data, int64[2,1] idx, float[2,3] upd) => (float[4,3] y, float[4,3] z) {
+        s = Mul(data, two)
+        y = ScatterND <reduction="%s"> (s, idx, upd)
+        z = Relu(y)
+    }"""
+
+
+@pytest.mark.parametrize("reduction", ["add", "mul", "max"])
+def test_scatternd_reduction_stays_float32_and_the_result_runs(reduction: str) -> None:
+    # setup: onnxruntime's CPU ScatterND loads in float16 and fails on its first run with a reduction
+    model = build(SCATTER_MODEL % reduction, two=np.full((1,), 2.0, np.float32))
+    feeds = {"data": RNG.standard_normal((4, 3)).astype(np.float32), "idx": np.array([[1], [1]], np.int64),
+             "upd": RNG.standard_normal((2, 3)).astype(np.float32)}
+    # execute
+    result, report = apply_pass(Fp16(), model)
+    # assert: the ScatterND is kept (with the reason), the Mul and Relu are converted, and it runs
+    assert [s.target for s in report.skipped] == ["ScatterND->y"]
+    assert f"fails at run time with reduction={reduction}" in report.skipped[0].reason
+    assert report.details["nodes_converted"] == 2
+    assert_close(model, result, feeds)
+
+
+def test_probe_runs_the_node_as_the_safety_net() -> None:
+    # setup: the table does not list ScatterElements reduction=mul's float16 failure any more
+    from passes.fp16 import probe
+
+    model = build("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[4] data, int64[2] idx, float[2] upd) => (float[4] y) {
+            y = ScatterElements <reduction="mul", axis=0> (data, idx, upd)
+        }""")
+    feeds = {"data": np.arange(4, dtype=np.float32), "idx": np.array([1, 1], np.int64),
+             "upd": np.array([2.0, 3.0], np.float32)}
+    saved = dict(probe.RUN_TIME_UNSUPPORTED)
+    del probe.RUN_TIME_UNSUPPORTED[("CPUExecutionProvider", "ScatterElements")]
+    try:
+        # execute
+        result, report = apply_pass(Fp16(), model)
+    finally:
+        probe.RUN_TIME_UNSUPPORTED.update(saved)
+    # assert
+    assert "loads but fails at run time" in report.skipped[0].reason
+    assert report.details["kernel_probe"] == {"ScatterElements(float16, int64, float16 -> float16)": "missing"}
+    assert_close(model, result, feeds, rtol=0, atol=0)
+
+
+def test_mean_variance_normalization_is_not_a_postcondition_error() -> None:
+    # setup: onnx's strict type inference fails on MVN's function body even in float32
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2,3,4,4] x) => (float[2,3,4,4] y) {
+            m = Mul(x, x)
+            y = MeanVarianceNormalization(m)
+        }""")
+    feeds = {"x": RNG.standard_normal((2, 3, 4, 4)).astype(np.float32)}
+    # execute
+    result = Pipeline([Fp16()]).run(model, PassContext())
+    report = result.reports[0]
+    # assert
+    assert report.details["strict_types"] is False
+    assert [s.target for s in report.skipped] == ["MeanVarianceNormalization->y"]
+    assert report.details["nodes_converted"] == 1
+    assert_close(model, result.model, feeds)
+
+
+def test_an_input_model_that_fails_type_inference_already_is_not_a_postcondition_error() -> None:
+    # setup: an opset-6 export whose int64 Constant onnx's type inference rejects (Constant-6 is float only)
+    model = onnx.parser.parse_model("""
+        <ir_version: 3, opset_import: ["" : 6]>
+        g (float[1,2,3] x) => (float[2,2,6] y) {
+            r = Constant <value = int64[3] {2, 1, 2}> ()
+            y = Tile(x, r)
+        }""")
+    feeds = {"x": RNG.standard_normal((1, 2, 3)).astype(np.float32)}
+    # execute
+    result = Pipeline([Fp16()]).run(model, PassContext())
+    report = result.reports[0]
+    # assert: the Tile is converted; the complaint the input had is recorded, not raised
+    assert "unsupported type tensor(int64)" in report.details["type_error_before"]
+    assert report.details["nodes_converted"] == 1
+    assert_close(model, result.model, feeds)
+
+
 def test_unavailable_provider_is_reported_not_probed() -> None:
     # setup
     ctx = PassContext(providers=("NoSuchExecutionProvider",))

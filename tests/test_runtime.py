@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxopt.model_io as model_io
 import onnxopt.runtime as runtime
 from onnxopt.runtime import make_session
 
@@ -32,7 +33,7 @@ def test_extra_outputs_are_exposed_and_the_model_is_left_unchanged(
     # setup: via_file sends the model through the external-data path taken above ~1.8 GB
     model = _two_layer_model(rng)
     if via_file:
-        monkeypatch.setattr(runtime, "EXTERNAL_DATA_THRESHOLD", 1024)
+        monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 1024)
     before = model.SerializeToString()
     x = rng.standard_normal((3, 64)).astype(np.float32)
     # execute
@@ -61,7 +62,7 @@ def test_a_failed_external_data_save_leaves_the_model_intact(monkeypatch: pytest
 
     # setup: the external-data path with a file-size limit below the weights' 72 KiB (a full disk)
     model = _two_layer_model(rng)
-    monkeypatch.setattr(runtime, "EXTERNAL_DATA_THRESHOLD", 1024)
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 1024)
     before = model.SerializeToString()
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

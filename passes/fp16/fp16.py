@@ -40,7 +40,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.data import DataSource
 from onnxopt.errors import PostconditionError, PreconditionError
-from onnxopt.graph import INFERENCE_FAILURES, export, subgraphs
+from onnxopt.graph import INFERENCE_FAILURES, inference_probe, subgraphs
 from onnxopt.ops import is_quantized_op
 from onnxopt.pass_base import Pass, PassContext, PassReport, Tolerance
 from onnxopt.settings_check import unknown_entries
@@ -120,6 +120,14 @@ class Fp16(Pass):
             return report
         graph.toposort()
         apply_types(graph, types)
+        before = _type_error(graph, strict=True)
+        if before is not None:  # ensures then checks types without strict mode, and tolerates what the input has
+            report.details["strict_types"] = False
+            report.notes.append(f"onnx's strict type inference fails on the input model already ({before}): "
+                                "the result's types are checked without strict mode")
+            lenient = _type_error(graph, strict=False)
+            if lenient is not None:
+                report.details["type_error_before"] = lenient
         probe = self._probe(graph, ctx, report)
         options = Options(self.keep_io_types, frozenset(self.op_block_list), frozenset(self.node_block_list))
         if ctx.calibration is not None:
@@ -150,12 +158,9 @@ class Fp16(Pass):
             changed = [f"{k}: {v} -> {now.get(k)}" for k, v in report.details["interface"].items() if now.get(k) != v]
             if changed:
                 raise PostconditionError(f"fp16 changed interface types with keep_io_types: {', '.join(changed)}")
-        model = export(graph)
-        model.ir_version = max(model.ir_version, 4)  # IR < 4 types initializers through graph inputs
-        try:
-            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        except onnx.shape_inference.InferenceError as exc:
-            raise PostconditionError(f"fp16 left inconsistent types: {_first_line(exc)}") from exc
+        error = _type_error(graph, strict=report.details.get("strict_types", True))
+        if error is not None and error != report.details.get("type_error_before"):
+            raise PostconditionError(f"fp16 left inconsistent types: {error}")
 
     def _probe(self, graph: gs.Graph, ctx: PassContext, report: PassReport) -> KernelProbe | None:
         if not self.check_provider_kernels:
@@ -188,6 +193,15 @@ class Fp16(Pass):
             report.notes.append("calibration measures the main graph's tensors only: a node with a subgraph is "
                                 "judged by its inputs and outputs, and kept float32 with its whole body when blocked")
         return blocked
+
+
+def _type_error(graph: gs.Graph, *, strict: bool) -> str | None:
+    """onnx type inference's complaint about ``graph`` (weights left out of the check), else ``None``."""
+    try:
+        onnx.shape_inference.infer_shapes(inference_probe(graph), check_type=True, strict_mode=strict)
+    except onnx.shape_inference.InferenceError as exc:
+        return _first_line(exc)
+    return None
 
 
 def _first_line(exc: Exception) -> str:
