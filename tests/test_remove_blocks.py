@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import pytest
 from conftest import apply_pass, op_counts, parse, run_model
+from export_shapes import byte_classifier
+from onnx import numpy_helper
 
 from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
@@ -105,6 +107,24 @@ def test_constant_branch_output_is_kept_as_an_add(with_data: bool) -> None:
     assert [(s.target, s.reason) for s in report.skipped] == [("y1", "excluded by exclude_nodes")]
     assert_identical(model, out)
     assert not np.array_equal(run_model(plain, feeds())[0], run_model(model, feeds())[0])
+
+
+def test_constant_branch_on_the_last_axis_of_a_sequence_is_kept_as_an_add() -> None:
+    # setup: [N, L, C] blocks with L=24 > C=16 (issue #11: the constant walk read the length as the
+    # channel count); block 1's second MatMul is zero, so its branch outputs the constant bias b1.b2
+    model, calib, evaluation = byte_classifier()
+    weight = next(t for t in model.graph.initializer if t.name == "b1.w2")
+    weight.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(weight)), "b1.w2"))
+    ctx = PassContext(calibration=open_data([calib], model))
+    # execute
+    out, report = apply_pass(RemoveBlocks(count=1, criterion="sensitivity"), model, ctx)
+    # assert
+    assert [(b["block"], b["removed"], b["compensated"]) for b in report.details["blocks"]] == [
+        ("b0.res", False, False), ("b1.res", True, True)]
+    assert op_counts(out)["MatMul"] == op_counts(model)["MatMul"] - 2
+    offset = next(numpy_helper.to_array(t) for t in out.graph.initializer if t.name.startswith("b1.res_branch"))
+    assert offset.shape == (1, 1, 16)
+    np.testing.assert_allclose(run_model(out, evaluation)[0], run_model(model, evaluation)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_block_whose_output_is_a_graph_output_becomes_identity() -> None:

@@ -80,7 +80,7 @@ class RemoveBlocks(Pass):
         if not blocks:
             report.notes.append("no removable residual block")
             return report
-        offsets = self._offsets(graph, blocks, shapes) if self.recover else {}
+        offsets = self._offsets(graph, blocks) if self.recover else {}
         names = Names(graph)
         if self.criterion == "sensitivity" and ctx.calibration is not None:
             importance, removed = self._greedy(graph, {b.name for b in blocks}, offsets,
@@ -130,17 +130,22 @@ class RemoveBlocks(Pass):
         return kept
 
     @staticmethod
-    def _offsets(graph: gs.Graph, blocks: list[Block], shapes: dict[str, list[int | None]]) -> dict[str, np.ndarray]:
+    def _offsets(graph: gs.Graph, blocks: list[Block]) -> dict[str, np.ndarray]:
         """Per block whose branch output is a known constant per channel: that constant, shaped to
-        broadcast against x."""
-        constants = ConstantChannels(analyse(graph))
+        broadcast against x along the channel axis the channel analysis found (axis 1 for NCHW
+        feature maps, the last axis for [N, L, C] sequences)."""
+        cg = analyse(graph)
+        constants = ConstantChannels(cg)
         out = {}
         for block in blocks:
-            dims = shapes.get(block.branch_out.name) or []
-            size = dims[1] if len(dims) > 1 else None
-            values = [constants.value(block.branch_out, p) for p in range(size or 0)]
-            if size and all(v is not None for v in values):
-                out[block.name] = np.array(values, dtype=np.float32).reshape([size] + [1] * (len(dims) - 2))
+            layout = cg.layouts.get(block.branch_out.name)
+            if layout is None:
+                continue
+            values = [constants.value(block.branch_out, p) for p in range(len(layout.ids))]
+            if all(v is not None for v in values):
+                shape = [1] * layout.rank
+                shape[layout.axis] = len(values)
+                out[block.name] = np.array(values, dtype=np.float32).reshape(shape)
         return out
 
 
