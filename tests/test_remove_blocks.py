@@ -77,7 +77,29 @@ def test_dead_block_is_removed_at_default_settings_with_identical_outputs() -> N
     assert op_counts(out) == {"Conv": 3, "Relu": 4, "Add": 1}
     assert [(b["block"], b["importance"], b["removed"]) for b in report.details["blocks"]] == [
         ("y1", 1.0, False), ("y2", 0.0, True)]
+    assert any("give --calib with real inputs" in note for note in report.notes)
     assert_identical(model, out)
+
+
+@pytest.mark.parametrize("max_drop, removed", [(1.0, ["y2"]), (90.0, ["y2", "y1"])])
+def test_default_with_data_removes_blocks_while_the_measured_drop_is_within_budget(max_drop: float,
+                                                                                  removed: list[str]) -> None:
+    # setup: block 2's branch is zero; removing block 1 too moves the feature map by far more than 1%
+    model = two_blocks()
+    # execute
+    out, report = apply_pass(RemoveBlocks(max_drop=max_drop), model, calibration(model))
+    # assert
+    trials = report.details["budget"]["trials"]
+    assert [t["block"] for t in trials if t["within"]] == removed
+    assert [b["block"] for b in report.details["blocks"] if b["removed"]] == sorted(removed)
+    assert (trials[0]["metric"], trials[0]["drop"], trials[0]["samples"]) == ("relative L2 error", 0.0, 19)
+    assert report.details["decided_by"].startswith(f"budget: {len(removed)} block(s) by sensitivity")
+    assert any("fewer than 100" in note for note in report.notes)  # 32 calibration samples: 19 held out
+    if removed == ["y2"]:
+        assert not trials[1]["within"] and trials[1]["drop"] > 1.0
+        assert_identical(model, out)
+    else:
+        assert op_counts(out) == {"Conv": 1, "Relu": 3}
 
 
 def test_sensitivity_ranks_the_zero_branch_least_important() -> None:
@@ -99,8 +121,9 @@ def test_constant_branch_output_is_kept_as_an_add(with_data: bool) -> None:
     ctx = calibration(model) if with_data else PassContext()
     keep_block_1 = ("a1",)
     # execute
-    out, report = apply_pass(RemoveBlocks(count=1, exclude_nodes=keep_block_1), model, ctx)
-    plain, _ = apply_pass(RemoveBlocks(count=1, exclude_nodes=keep_block_1, recover=False), model, ctx)
+    settings = {"count": 1, "criterion": "sparsity", "exclude_nodes": keep_block_1}
+    out, report = apply_pass(RemoveBlocks(**settings), model, ctx)
+    plain, _ = apply_pass(RemoveBlocks(recover=False, **settings), model, ctx)
     # assert
     assert op_counts(out) == {"Conv": 3, "Relu": 4, "Add": 2}
     assert [(b["block"], b["removed"], b["compensated"]) for b in report.details["blocks"]] == [("y2", True, True)]
@@ -160,6 +183,7 @@ def test_add_of_two_independent_paths_is_not_a_block() -> None:
 @pytest.mark.parametrize("settings, message", [
     ({"criterion": "sensitivity"}, "criterion=sensitivity needs calibration data"),
     ({"count": -1}, "count must be >= 0, got -1"),
+    ({"max_drop": -0.1}, "max_drop must be in [0, 100) and search_samples at least 4, got -0.1 and 200"),
     ({"exclude_nodes": ("a1", "nosuch")}, "exclude_nodes: 'nosuch' not found among the model's nodes "
                                          "(s, x, a1, r1, f1, y1, z1, a2, r2, f2, y2, out)"),
 ])
