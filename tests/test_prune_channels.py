@@ -378,7 +378,8 @@ HELD_OUT = {"input": SEARCH_X[80:]}  # the search fits on the first 40% of its 2
 def budget_search(model: onnx.ModelProto, labels: np.ndarray | None = None,
                   **settings: Any) -> tuple[onnx.ModelProto, dict, Any]:
     data = {"input": SEARCH_X} if labels is None else {"input": SEARCH_X, "label": labels}
-    out, report = apply_pass(prune(search_steps=4, **settings), model, PassContext(calibration=open_data([data], model)))
+    ctx = PassContext(calibration=open_data([data], model))
+    out, report = apply_pass(prune(search_steps=4, **settings), model, ctx)
     chosen = max((t for t in report.details.get("budget", {}).get("trials", []) if t["within"]),
                  key=lambda t: t["setting"], default=None)
     return out, chosen, report
@@ -424,6 +425,25 @@ def test_budget_search_measures_relative_l2_error_on_feature_map_outputs() -> No
     assert chosen["metric"] == "relative L2 error"
     assert chosen["drop"] == pytest.approx(100 * np.linalg.norm(b - a) / np.linalg.norm(a), rel=1e-3)
     assert model_stats(out).macs < model_stats(model).macs
+
+
+def test_groups_with_a_valley_keep_the_adaptive_rule_and_the_others_get_the_budget() -> None:
+    # setup: c1's gammas are polarised (6 near 0), c2 has no BatchNormalization (L1 scores, no valley)
+    net = Net(shape=(1, 8, 8), real=True)
+    gamma = [0.0, 0.001, 0.002, 0.003, 0.004, 0.005] + list(np.linspace(0.4, 0.9, 10))
+    x = net.op("Relu", [net.bn(net.conv("input", "c1", 1, 16, k=3), "bn", gamma)], "r1")
+    x = net.op("Relu", [net.conv(x, "c2", 16, 16, k=3, bias=[0.1] * 16)], "r2")
+    net.gemm(net.op("Flatten", [net.op("GlobalAveragePool", [x], "gap")], "flat", axis=1), "fc", 16, 4)
+    model = net.model("fc")
+    # execute
+    out, chosen, report = budget_search(model, max_drop=50.0)
+    # assert
+    rules = {g["group"]: g["rule"] for g in report.details["groups"]}
+    assert rules["c1"] == "adaptive: score < 0.01" and weight_shapes(out)["c1"][0] == 10
+    assert rules["c2"].startswith("global MACs target") and weight_shapes(out)["c2"][0] < 16
+    assert report.details["decided_by"].startswith("adaptive: histogram valley in 1 of 2 groups; budget for the "
+                                                   f"others: largest MACs target within max_drop 50 "
+                                                   f"({chosen['setting']:.1%})")
 
 
 def test_budget_search_prunes_nothing_when_no_candidate_is_within_budget() -> None:

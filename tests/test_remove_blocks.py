@@ -175,7 +175,7 @@ def test_add_of_two_independent_paths_is_not_a_block() -> None:
             a = Add(h, h2)
             y = Relu(a)
         }""")
-    out, report = apply_pass(RemoveBlocks(count=3), model)
+    out, report = apply_pass(RemoveBlocks(count=3, criterion="sparsity"), model)
     assert report.changes == 0 and report.notes == ["no removable residual block"]
     assert op_counts(out) == op_counts(model)
 
@@ -183,6 +183,7 @@ def test_add_of_two_independent_paths_is_not_a_block() -> None:
 @pytest.mark.parametrize("settings, message", [
     ({"criterion": "sensitivity"}, "criterion=sensitivity needs calibration data"),
     ({"count": -1}, "count must be >= 0, got -1"),
+    ({"count": 1}, "count and threshold rank blocks by criterion=sparsity or sensitivity; give one"),
     ({"max_drop": -0.1}, "max_drop must be in [0, 100) and search_samples at least 4, got -0.1 and 200"),
     ({"exclude_nodes": ("a1", "nosuch")}, "exclude_nodes: 'nosuch' not found among the model's nodes "
                                          "(s, x, a1, r1, f1, y1, z1, a2, r2, f2, y2, out)"),
@@ -200,7 +201,7 @@ def test_light_resnet50_blocks_are_found_and_removed() -> None:
     # setup: ResNet-50 has 16 bottleneck blocks, 4 of which change the shape (projection shortcut)
     model = onnx.load(str(LIGHT_RESNET50))
     # execute
-    out, report = apply_pass(RemoveBlocks(count=3), model)
+    out, report = apply_pass(RemoveBlocks(count=3, criterion="sparsity"), model)
     # assert
     assert len(report.details["blocks"]) == 12
     assert report.changes == 3

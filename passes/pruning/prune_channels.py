@@ -4,8 +4,8 @@
    reach graph outputs or ops the analysis does not understand are left alone, with the reason.
 2. Score every unit (``_prune_importance``): BatchNormalization |gamma| by default.
 3. Choose what to prune (``threshold``): by default (``auto``) the per-layer adaptive histogram
-   threshold where the scores are polarised (SEEDS.md §3); where no group has a valley, with
-   calibration data, the largest global MACs reduction whose measured drop stays within
+   threshold in the groups whose scores are polarised (SEEDS.md §3); the groups without a valley,
+   with calibration data, to the largest global MACs reduction whose measured drop stays within
    ``max_drop`` (``budget``: bisection over the MACs target, each candidate pruned, recovered and
    measured on held-out calibration samples). Or a ratio, or a fixed global MACs target. Each group
    is validated before it is pruned.
@@ -45,9 +45,9 @@ logger = logging.getLogger(__name__)
 _LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 #: the largest MACs reduction the budget search tries
 MAX_SEARCH_REDUCTION = 0.8
-NO_DATA = ("no histogram valley (the scores are not polarised) and no calibration data: nothing pruned; give "
-           "--calib with real inputs (~200 samples, with labels for an accuracy budget) and the pass prunes to "
-           "the largest MACs reduction whose measured drop stays within max_drop")
+NO_DATA = ("groups without a histogram valley (scores not polarised) are not pruned without calibration data; "
+           "give --calib with real inputs (~200 samples, with labels for an accuracy budget) and the pass prunes "
+           "them to the largest MACs reduction whose measured drop stays within max_drop")
 
 
 @dataclass(kw_only=True)
@@ -140,14 +140,13 @@ class PruneChannels(Pass):
                         ctx, report)
             return report
         valleys = sum(thresholds.adaptive_threshold(sc.values) is not None for sc in scores)
-        if valleys:
-            report.details["decided_by"] = f"adaptive: histogram valley in {valleys} of {len(groups)} groups"
-            self._prune(graph, cg, groups, scores, "adaptive", 0.0, ctx.calibration, ctx, report)
-        elif ctx.calibration is None:
-            report.details["decided_by"] = "adaptive: no histogram valley"
+        if valleys < len(groups) and ctx.calibration is not None:
+            self._within_budget(graph, cg, groups, scores, ctx, ctx.calibration, valleys, report)
+            return report
+        report.details["decided_by"] = _adaptive_text(valleys, len(groups))
+        if valleys < len(groups):
             report.notes.append(NO_DATA)
-        else:
-            self._within_budget(graph, scores, ctx, ctx.calibration, report)
+        self._prune(graph, cg, groups, scores, "adaptive", 0.0, ctx.calibration, ctx, report)
         return report
 
     def _prune(self, graph: gs.Graph, cg: ChannelGraph, groups: list[Group], scores: list[GroupScores], rule: str,
@@ -178,16 +177,18 @@ class PruneChannels(Pass):
             recovery["least_squares"] = "not run: no calibration data"
         report.details["recovery"] = recovery
 
-    def _within_budget(self, graph: gs.Graph, scores: list[GroupScores], ctx: PassContext, data: DataSource,
-                       report: PassReport) -> None:
-        """Bisection over the global MACs target: each candidate is a pruned and recovered copy of
-        the graph, measured against the original on held-out calibration samples; the largest target
-        within ``max_drop`` is kept."""
+    def _within_budget(self, graph: gs.Graph, cg: ChannelGraph, groups: list[Group], scores: list[GroupScores],
+                       ctx: PassContext, data: DataSource, valleys: int, report: PassReport) -> None:
+        """Bisection over the global MACs target of the groups without a valley (those with one keep
+        the adaptive rule): each candidate is a pruned and recovered copy of the graph, measured
+        against the original on held-out calibration samples; the largest target within
+        ``max_drop`` is kept, else the adaptive rule alone."""
+        adaptive = _adaptive_text(valleys, len(groups))
         parts = budget.split(data, self.search_samples)
         if parts is None:
-            report.details["decided_by"] = "adaptive: no histogram valley"
-            report.notes.append("no histogram valley and fewer than 4 calibration samples: nothing pruned; give "
-                                "~200 calibration samples for the budget search")
+            report.notes.append("fewer than 4 calibration samples: no budget search; give ~200")
+            report.details["decided_by"] = adaptive
+            self._prune(graph, cg, groups, scores, "adaptive", 0.0, data, ctx, report)
             return
         if (note := budget.few_samples_note(parts)) is not None:
             report.notes.append(note)
@@ -199,7 +200,7 @@ class PruneChannels(Pass):
             trial_cg = analyse(trial_graph)
             trial_report = PassReport(self.name)
             trial_groups = self._eligible(trial_cg, trial_report)
-            self._prune(trial_graph, trial_cg, trial_groups, scores, "macs", target, parts.fit, ctx, trial_report)
+            self._prune(trial_graph, trial_cg, trial_groups, scores, "auto", target, parts.fit, ctx, trial_report)
             trial_graph.cleanup(remove_unused_graph_inputs=False).toposort()
             drop = budget.measure(original, export(trial_graph, original), parts.check, ctx.threads)
             trial = budget.Trial(target, trial_report.details["macs"]["after"], drop, drop.value <= self.max_drop)
@@ -212,9 +213,12 @@ class PruneChannels(Pass):
                                     "check_samples": parts.check_samples,
                                     "trials": [t.to_dict() for t in trials]}
         if not best:
-            report.details["decided_by"] = f"budget: no MACs reduction tried stays within max_drop {self.max_drop:g}"
-            report.notes.append(f"{report.details['decided_by']} (smallest tried: {min(t.setting for t in trials):.1%} "
-                                f"of MACs, {min(trials, key=lambda t: t.setting).drop}): nothing pruned")
+            smallest = min(trials, key=lambda t: t.setting)
+            decided = f"budget: no MACs reduction tried stays within max_drop {self.max_drop:g}"
+            report.details["decided_by"] = f"{adaptive}; {decided}" if valleys else decided
+            report.notes.append(f"{decided} (smallest tried: {smallest.setting:.1%} of MACs, {smallest.drop}): only "
+                                f"the groups with a histogram valley are pruned")
+            self._prune(graph, cg, groups, scores, "adaptive", 0.0, data, ctx, report)
             return
         trial, trial_graph, trial_report = best[0]
         replace_contents(graph, trial_graph)
@@ -222,8 +226,9 @@ class PruneChannels(Pass):
         report.skipped.extend(trial_report.skipped)
         report.details.update({k: v for k, v in trial_report.details.items() if k != "macs"},
                               macs={"before": report.details["macs"]["before"], "after": trial.macs})
-        report.details["decided_by"] = (f"budget: largest MACs target within max_drop {self.max_drop:g} "
-                                        f"({trial.setting:.1%}): {trial.drop}")
+        decided = f"largest MACs target within max_drop {self.max_drop:g} ({trial.setting:.1%}): {trial.drop}"
+        report.details["decided_by"] = f"{adaptive}; budget for the others: {decided}" if valleys else \
+            f"budget: {decided}"
         report.notes.append(report.details["decided_by"])
 
     def _eligible(self, cg: ChannelGraph, report: PassReport) -> list[Group]:
@@ -245,6 +250,14 @@ class PruneChannels(Pass):
         limits = thresholds.Limits(self.min_channels, self.round_to)
         if rule == "adaptive":
             choices = thresholds.by_adaptive(groups, scores, limits)
+        elif rule == "auto":  # adaptive where a group has a valley, the global MACs target on the rest
+            choices = thresholds.by_adaptive(groups, scores, limits)
+            rest = [i for i, c in enumerate(choices) if c.rule == thresholds.NO_VALLEY]
+            fixed = [c.units for c in choices]
+            for i, choice in zip(rest, thresholds.by_macs(
+                    [groups[i] for i in rest], [scores[i] for i in rest], limits, target,
+                    lambda chosen: cg.macs(_mask(cg, fixed + chosen)), cg.macs(_mask(cg, fixed)))):
+                choices[i] = choice
         elif rule == "ratio":
             ratios = self._layer_ratios()
             choices = thresholds.by_ratio(groups, scores, limits, lambda g: next(
@@ -266,6 +279,10 @@ class PruneChannels(Pass):
             table.append({"group": group.name, "layers": list(group.producers), "channels": len(group.units),
                           "pruned": int(len(choice.units)), "importance": sc.method, "rule": choice.rule})
         return pruned, table
+
+
+def _adaptive_text(valleys: int, groups: int) -> str:
+    return f"adaptive: histogram valley in {valleys} of {groups} groups" if valleys else thresholds.NO_VALLEY
 
 
 def _mask(cg: ChannelGraph, chosen: list[np.ndarray]) -> np.ndarray:

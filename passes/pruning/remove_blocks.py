@@ -73,6 +73,9 @@ class RemoveBlocks(Pass):
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         if self.count < 0:
             raise PreconditionError(f"remove-blocks: count must be >= 0, got {self.count}")
+        if self.criterion == "auto" and (self.count or self.threshold != 0.0):
+            raise PreconditionError("remove-blocks: count and threshold rank blocks by criterion=sparsity or "
+                                    "sensitivity; give one (the default, auto, removes blocks within max_drop)")
         if not 0.0 <= self.max_drop < 100.0 or self.search_samples < 4:
             raise PreconditionError(f"remove-blocks: max_drop must be in [0, 100) and search_samples at least 4, got "
                                     f"{self.max_drop} and {self.search_samples}")
