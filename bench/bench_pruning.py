@@ -59,25 +59,25 @@ def macs(target: float, recover: bool = True, round_to: int = 8) -> Config:
 
 
 CHANNEL_CONFIGS = (
-    channels("default (adaptive)", recover=False), channels("default (adaptive)"),
+    channels("default (auto)", recover=False), channels("default (auto)"),
     macs(0.3, recover=False), macs(0.3), macs(0.5, recover=False), macs(0.5), macs(0.7),
     macs(0.5, round_to=1),
 )
 BLOCK_CONFIGS = (  # blocks: recovery only matters for branches with a constant output (none here)
     Config("blocks, 1 by sensitivity", (RemoveBlocks(count=1, criterion="sensitivity"),), True),
-    Config("blocks, 2 by sparsity", (RemoveBlocks(count=2),), False),
+    Config("blocks, 2 by sparsity", (RemoveBlocks(count=2, criterion="sparsity"),), False),
     Config("blocks, 2 by sensitivity", (RemoveBlocks(count=2, criterion="sensitivity"),), True),
     Config("blocks 1 (sensitivity) + channels MACs 30%, recovery",
            (RemoveBlocks(count=1, criterion="sensitivity"), PruneChannels(threshold="macs", target_macs_reduction=0.3)),
            True),
 )
 THIRD_PARTY_CONFIGS = (
-    Config("channels, default (adaptive)", (PruneChannels(),), False),
+    Config("channels, default (auto)", (PruneChannels(),), False),
     Config("channels, ratio 25% per group", (PruneChannels(threshold="ratio", ratio=0.25),), False),
     Config("channels, MACs target 50%", (PruneChannels(threshold="macs", target_macs_reduction=0.5),), False),
     Config("channels, MACs target 50%, round_to 1",
            (PruneChannels(threshold="macs", target_macs_reduction=0.5, round_to=1),), False),
-    Config("blocks, 4 by sparsity", (RemoveBlocks(count=4),), False),
+    Config("blocks, 4 by sparsity", (RemoveBlocks(count=4, criterion="sparsity"),), False),
 )
 TARGET = {"macs_removed": 30.0, "latency": 0.8, "drop": 2.0}  # the target on resnet_fmnist
 

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import BUNDLED_MODELS, MODELS_DIR, parse, run_model
+from export_shapes import EXPORT_SHAPES
 
 from onnxopt.data import open_data
 from onnxopt.pass_base import Pass, PassContext
@@ -54,6 +55,24 @@ def test_pass_on_bundled_model(pass_cls: type[Pass], model_name: str) -> None:
     onnx.checker.check_model(result.model, full_check=True)
     assert [i.name for i in result.model.graph.input if i.name not in {t.name for t in result.model.graph.initializer}] \
         == [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    assert [o.name for o in result.model.graph.output] == [o.name for o in model.graph.output]
+    _check_within(pass_cls, run_model(model, feeds), run_model(result.model, feeds))
+    if pass_cls.idempotent:
+        again = Pipeline([pass_cls()]).run(result.model, ctx)
+        assert not again.reports[0].modified, f"{pass_cls.name} is not idempotent: {again.reports[0].to_dict()}"
+
+
+@pytest.mark.parametrize("shape", sorted(EXPORT_SHAPES))
+@pytest.mark.parametrize("pass_cls", PASSES, ids=lambda c: c.name)
+def test_pass_on_export_shaped_model(pass_cls: type[Pass], shape: str) -> None:
+    # setup: small constructed models of real-export shapes (tests/export_shapes.py)
+    model, calib, feeds = EXPORT_SHAPES[shape]()
+    ctx = PassContext(calibration=open_data([calib], model), seed=0)
+    # execute
+    result = Pipeline([pass_cls()]).run(model, ctx)
+    # assert
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [i.name for i in result.model.graph.input] == [i.name for i in model.graph.input]
     assert [o.name for o in result.model.graph.output] == [o.name for o in model.graph.output]
     _check_within(pass_cls, run_model(model, feeds), run_model(result.model, feeds))
     if pass_cls.idempotent:

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
 from onnxopt.pass_base import PassContext
+from onnxopt.registry import default_registry
 from onnxopt.stats import model_stats
 from passes.pruning.threshold import adaptive_threshold
 from passes.pruning import PruneChannels
@@ -291,6 +292,7 @@ def test_adaptive_threshold_prunes_below_the_first_valley() -> None:
     # assert
     assert weight_shapes(out)["c1"] == [10, 1, 1, 1]
     assert report.details["groups"][0]["rule"] == "adaptive: score < 0.01"
+    assert report.details["decided_by"] == "adaptive: histogram valley in 1 of 1 groups"
 
 
 @pytest.mark.parametrize("scores, expected", [
@@ -368,6 +370,103 @@ def test_least_squares_recovery_reduces_the_output_error(make: Callable[[], onnx
     assert error["fitted"] < factor * error["plain"]
 
 
+# -- the default budget: no histogram valley, so the largest MACs reduction within max_drop ---------
+SEARCH_X = np.random.default_rng(3).standard_normal((200, 1, 8, 8)).astype(np.float32)
+HELD_OUT = {"input": SEARCH_X[80:]}  # the search fits on the first 40% of its 200 samples
+
+
+def budget_search(model: onnx.ModelProto, labels: np.ndarray | None = None,
+                  **settings: Any) -> tuple[onnx.ModelProto, dict, Any]:
+    data = {"input": SEARCH_X} if labels is None else {"input": SEARCH_X, "label": labels}
+    ctx = PassContext(calibration=open_data([data], model))
+    out, report = apply_pass(prune(search_steps=4, **settings), model, ctx)
+    chosen = max((t for t in report.details.get("budget", {}).get("trials", []) if t["within"]),
+                 key=lambda t: t["setting"], default=None)
+    return out, chosen, report
+
+
+def test_budget_search_keeps_the_largest_reduction_whose_measured_disagreement_is_within_budget() -> None:
+    # setup: mlp has no BatchNormalization and unpolarised L1 scores: no histogram valley
+    model = mlp()
+    # execute
+    out, chosen, report = budget_search(model, max_drop=15.0)
+    # assert
+    trials = report.details["budget"]["trials"]
+    assert [t["setting"] for t in trials] == [0.4, 0.2, 0.1, 0.15]
+    assert all(t["within"] == (t["drop"] <= 15.0) for t in trials)
+    assert all(not t["within"] for t in trials if t["setting"] > chosen["setting"])
+    assert report.details["decided_by"].startswith(f"budget: largest MACs target within max_drop 15 "
+                                                   f"({chosen['setting']:.1%}): top-1 disagreement drop")
+    assert report.details["macs"]["after"] == chosen["macs"] == model_stats(out).macs < model_stats(model).macs
+    before, after = run_model(model, HELD_OUT)[0].argmax(1), run_model(out, HELD_OUT)[0].argmax(1)
+    assert (chosen["metric"], chosen["samples"]) == ("top-1 disagreement", 120)
+    assert chosen["drop"] == pytest.approx(100 * (1 - np.mean(before == after)), abs=100 / 120)
+
+
+def test_budget_search_measures_accuracy_when_the_data_has_labels() -> None:
+    model = mlp()
+    labels = run_model(model, {"input": SEARCH_X})[0].argmax(1)
+    labels[::4] = (labels[::4] + 1) % 4  # the original is right on 75% of the samples
+    _, chosen, report = budget_search(model, labels, max_drop=15.0)
+    assert chosen["metric"] == "accuracy"
+    assert "accuracy drop" in report.details["decided_by"]
+
+
+def test_budget_search_measures_relative_l2_error_on_feature_map_outputs() -> None:
+    # setup: the output is a feature map, not class scores
+    net = Net(shape=(1, 8, 8), real=True)
+    x = net.op("Relu", [net.conv("input", "c1", 1, 16, k=3, bias=[0.1] * 16)], "r1")
+    x = net.op("Relu", [net.conv(x, "c2", 16, 16, k=3, bias=[0.1] * 16)], "r2")
+    model = net.model(net.conv(x, "c3", 16, 2, k=3))
+    # execute
+    out, chosen, _ = budget_search(model, max_drop=50.0)
+    # assert
+    a, b = run_model(model, HELD_OUT)[0].astype(np.float64), run_model(out, HELD_OUT)[0].astype(np.float64)
+    assert chosen["metric"] == "relative L2 error"
+    assert chosen["drop"] == pytest.approx(100 * np.linalg.norm(b - a) / np.linalg.norm(a), rel=1e-3)
+    assert model_stats(out).macs < model_stats(model).macs
+
+
+def test_groups_with_a_valley_keep_the_adaptive_rule_and_the_others_get_the_budget() -> None:
+    # setup: c1's gammas are polarised (6 near 0), c2 has no BatchNormalization (L1 scores, no valley)
+    net = Net(shape=(1, 8, 8), real=True)
+    gamma = [0.0, 0.001, 0.002, 0.003, 0.004, 0.005] + list(np.linspace(0.4, 0.9, 10))
+    x = net.op("Relu", [net.bn(net.conv("input", "c1", 1, 16, k=3), "bn", gamma)], "r1")
+    x = net.op("Relu", [net.conv(x, "c2", 16, 16, k=3, bias=[0.1] * 16)], "r2")
+    net.gemm(net.op("Flatten", [net.op("GlobalAveragePool", [x], "gap")], "flat", axis=1), "fc", 16, 4)
+    model = net.model("fc")
+    # execute
+    out, chosen, report = budget_search(model, max_drop=50.0)
+    # assert
+    rules = {g["group"]: g["rule"] for g in report.details["groups"]}
+    assert rules["c1"] == "adaptive: score < 0.01" and weight_shapes(out)["c1"][0] == 10
+    assert rules["c2"].startswith("global MACs target") and weight_shapes(out)["c2"][0] < 16
+    assert report.details["decided_by"].startswith("adaptive: histogram valley in 1 of 2 groups; budget for the "
+                                                   f"others: largest MACs target within max_drop 50 "
+                                                   f"({chosen['setting']:.1%})")
+
+
+def test_budget_search_prunes_nothing_when_no_candidate_is_within_budget() -> None:
+    model = mlp()
+    out, chosen, report = budget_search(model)
+    assert chosen is None and report.changes == 0
+    assert report.details["decided_by"] == "budget: no MACs reduction tried stays within max_drop 1"
+    assert weight_shapes(out) == weight_shapes(model)
+
+
+def test_default_without_valley_or_data_prunes_nothing_and_says_what_data_would_help() -> None:
+    model = mlp()
+    out, report = apply_pass(prune(), model)
+    assert report.changes == 0 and weight_shapes(out) == weight_shapes(model)
+    assert report.details["decided_by"] == "adaptive: no histogram valley"
+    assert any("give --calib with real inputs" in note for note in report.notes)
+
+
+def test_budget_settings_come_from_a_pass_spec() -> None:
+    p = default_registry().create("prune-channels:max_drop=2:search_samples=64:search_steps=3")
+    assert (p.threshold, p.max_drop, p.search_samples, p.search_steps) == ("auto", 2.0, 64, 3)
+
+
 def test_activation_importance_prunes_dead_channels() -> None:
     # setup: channel 3's bias keeps it below zero, so after ReLU it is always 0
     net = Net()
@@ -390,6 +489,8 @@ def test_activation_importance_prunes_dead_channels() -> None:
     ({"threshold": "macs", "target_macs_reduction": 0.0}, PassContext(), "target_macs_reduction must be in (0, 1)"),
     ({"min_channels": 0}, PassContext(), "min_channels and round_to must be at least 1"),
     ({"round_to": 0}, PassContext(), "min_channels and round_to must be at least 1"),
+    ({"max_drop": 100.0}, PassContext(), "max_drop must be in [0, 100) percentage points, got 100.0"),
+    ({"search_samples": 2}, PassContext(), "search_samples must be at least 4 and search_steps at least 1"),
     ({"exclude_nodes": ("b.conv2", "nosuch")}, PassContext(),
      "exclude_nodes: 'nosuch' not found among the model's Conv/ConvTranspose/Gemm/MatMul layers "
      "(stem, b.conv1, b.conv2, fc)"),

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import pytest
 from conftest import apply_pass, op_counts, parse, run_model
+from export_shapes import byte_classifier
+from onnx import numpy_helper
 
 from onnxopt.data import open_data
 from onnxopt.errors import PreconditionError
@@ -75,7 +77,29 @@ def test_dead_block_is_removed_at_default_settings_with_identical_outputs() -> N
     assert op_counts(out) == {"Conv": 3, "Relu": 4, "Add": 1}
     assert [(b["block"], b["importance"], b["removed"]) for b in report.details["blocks"]] == [
         ("y1", 1.0, False), ("y2", 0.0, True)]
+    assert any("give --calib with real inputs" in note for note in report.notes)
     assert_identical(model, out)
+
+
+@pytest.mark.parametrize("max_drop, removed", [(1.0, ["y2"]), (90.0, ["y2", "y1"])])
+def test_default_with_data_removes_blocks_while_the_measured_drop_is_within_budget(max_drop: float,
+                                                                                  removed: list[str]) -> None:
+    # setup: block 2's branch is zero; removing block 1 too moves the feature map by far more than 1%
+    model = two_blocks()
+    # execute
+    out, report = apply_pass(RemoveBlocks(max_drop=max_drop), model, calibration(model))
+    # assert
+    trials = report.details["budget"]["trials"]
+    assert [t["block"] for t in trials if t["within"]] == removed
+    assert [b["block"] for b in report.details["blocks"] if b["removed"]] == sorted(removed)
+    assert (trials[0]["metric"], trials[0]["drop"], trials[0]["samples"]) == ("relative L2 error", 0.0, 19)
+    assert report.details["decided_by"].startswith(f"budget: {len(removed)} block(s) by sensitivity")
+    assert any("fewer than 100" in note for note in report.notes)  # 32 calibration samples: 19 held out
+    if removed == ["y2"]:
+        assert not trials[1]["within"] and trials[1]["drop"] > 1.0
+        assert_identical(model, out)
+    else:
+        assert op_counts(out) == {"Conv": 1, "Relu": 3}
 
 
 def test_sensitivity_ranks_the_zero_branch_least_important() -> None:
@@ -97,14 +121,33 @@ def test_constant_branch_output_is_kept_as_an_add(with_data: bool) -> None:
     ctx = calibration(model) if with_data else PassContext()
     keep_block_1 = ("a1",)
     # execute
-    out, report = apply_pass(RemoveBlocks(count=1, exclude_nodes=keep_block_1), model, ctx)
-    plain, _ = apply_pass(RemoveBlocks(count=1, exclude_nodes=keep_block_1, recover=False), model, ctx)
+    settings = {"count": 1, "criterion": "sparsity", "exclude_nodes": keep_block_1}
+    out, report = apply_pass(RemoveBlocks(**settings), model, ctx)
+    plain, _ = apply_pass(RemoveBlocks(recover=False, **settings), model, ctx)
     # assert
     assert op_counts(out) == {"Conv": 3, "Relu": 4, "Add": 2}
     assert [(b["block"], b["removed"], b["compensated"]) for b in report.details["blocks"]] == [("y2", True, True)]
     assert [(s.target, s.reason) for s in report.skipped] == [("y1", "excluded by exclude_nodes")]
     assert_identical(model, out)
     assert not np.array_equal(run_model(plain, feeds())[0], run_model(model, feeds())[0])
+
+
+def test_constant_branch_on_the_last_axis_of_a_sequence_is_kept_as_an_add() -> None:
+    # setup: [N, L, C] blocks with L=24 > C=16 (issue #11: the constant walk read the length as the
+    # channel count); block 1's second MatMul is zero, so its branch outputs the constant bias b1.b2
+    model, calib, evaluation = byte_classifier()
+    weight = next(t for t in model.graph.initializer if t.name == "b1.w2")
+    weight.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(weight)), "b1.w2"))
+    ctx = PassContext(calibration=open_data([calib], model))
+    # execute
+    out, report = apply_pass(RemoveBlocks(count=1, criterion="sensitivity"), model, ctx)
+    # assert
+    assert [(b["block"], b["removed"], b["compensated"]) for b in report.details["blocks"]] == [
+        ("b0.res", False, False), ("b1.res", True, True)]
+    assert op_counts(out)["MatMul"] == op_counts(model)["MatMul"] - 2
+    offset = next(numpy_helper.to_array(t) for t in out.graph.initializer if t.name.startswith("b1.res_branch"))
+    assert offset.shape == (1, 1, 16)
+    np.testing.assert_allclose(run_model(out, evaluation)[0], run_model(model, evaluation)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_block_whose_output_is_a_graph_output_becomes_identity() -> None:
@@ -132,7 +175,7 @@ def test_add_of_two_independent_paths_is_not_a_block() -> None:
             a = Add(h, h2)
             y = Relu(a)
         }""")
-    out, report = apply_pass(RemoveBlocks(count=3), model)
+    out, report = apply_pass(RemoveBlocks(count=3, criterion="sparsity"), model)
     assert report.changes == 0 and report.notes == ["no removable residual block"]
     assert op_counts(out) == op_counts(model)
 
@@ -140,6 +183,8 @@ def test_add_of_two_independent_paths_is_not_a_block() -> None:
 @pytest.mark.parametrize("settings, message", [
     ({"criterion": "sensitivity"}, "criterion=sensitivity needs calibration data"),
     ({"count": -1}, "count must be >= 0, got -1"),
+    ({"count": 1}, "count and threshold rank blocks by criterion=sparsity or sensitivity; give one"),
+    ({"max_drop": -0.1}, "max_drop must be in [0, 100) and search_samples at least 4, got -0.1 and 200"),
     ({"exclude_nodes": ("a1", "nosuch")}, "exclude_nodes: 'nosuch' not found among the model's nodes "
                                          "(s, x, a1, r1, f1, y1, z1, a2, r2, f2, y2, out)"),
 ])
@@ -156,7 +201,7 @@ def test_light_resnet50_blocks_are_found_and_removed() -> None:
     # setup: ResNet-50 has 16 bottleneck blocks, 4 of which change the shape (projection shortcut)
     model = onnx.load(str(LIGHT_RESNET50))
     # execute
-    out, report = apply_pass(RemoveBlocks(count=3), model)
+    out, report = apply_pass(RemoveBlocks(count=3, criterion="sparsity"), model)
     # assert
     assert len(report.details["blocks"]) == 12
     assert report.changes == 3

@@ -5,7 +5,8 @@ were pruned: take its input in the *pruned* model (so errors of earlier layers a
 the part of the model upstream of the layer is run) and its output in the *original* model on the
 calibration data, and solve for the weights and bias that minimise the difference (ridge-regularised
 normal equations, accumulated batch by batch; Conv inputs are unfolded into patches, a random subset
-of positions per batch). A new solution is kept only if it lowers that layer's calibration error.
+of positions per sample). A new solution is kept only if it lowers that layer's calibration error.
+Activations come from onnxruntime with its graph optimizations on (values move by float rounding).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from passes.pruning.recovery import bias_add
 
 logger = logging.getLogger(__name__)
 
-# patch rows sampled per calibration batch for a Conv: twice its inputs, within these bounds
-ROWS_PER_BATCH, MIN_ROWS_PER_BATCH = 2048, 256
+# patch rows sampled per calibration sample for a Conv: twice its inputs over a batch of 32, within
+# these bounds (per sample, so a model with a fixed batch of 1 does not sample 32 times as many)
+ROWS_PER_SAMPLE, MIN_ROWS_PER_SAMPLE = 64, 8
 CACHE_BYTES = 256 << 20  # original-model outputs kept in memory (else recomputed per layer)
 RIDGE = 1e-3  # relative to the mean diagonal of the normal matrix
 
@@ -110,7 +112,8 @@ class _Targets:
         self.model, self.data, self.threads = model, data, threads
         self.cache: list[dict[str, np.ndarray]] | None = []
         size = 0
-        for values in iter_activations(model, names, data, threads=threads, description="recovering"):
+        for values in iter_activations(model, names, data, threads=threads, description="recovering",
+                                       optimize=True):
             size += sum(v.nbytes for v in values.values())
             if size > CACHE_BYTES:
                 self.cache = None
@@ -121,7 +124,8 @@ class _Targets:
         if self.cache is not None:
             return (values[name] for values in self.cache)
         return (values[name] for values in
-                iter_activations(self.model, [name], self.data, threads=self.threads, description="recovering"))
+                iter_activations(self.model, [name], self.data, threads=self.threads, description="recovering",
+                                 optimize=True))
 
 
 def _upstream(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
@@ -152,7 +156,8 @@ def _refit(graph: gs.Graph, cg: ChannelGraph, job: _Job, pruned: np.ndarray, tar
     weight = require(node.inputs[1])
     normal, cross, yy = None, None, 0.0
     stream = zip(targets.batches(job.target),
-                 iter_activations(current, [source], data, threads=threads, description="recovering"))
+                 iter_activations(current, [source], data, threads=threads, description="recovering",
+                                  optimize=True))
     for y, have in stream:
         x = have[source].astype(np.float32)
         y = np.compress(keep_out, y.astype(np.float32), axis=1 if w.kind != "matmul" else y.ndim - 1)
@@ -192,7 +197,8 @@ def _conv_rows(node: gs.Node, w_shape: tuple[int, ...], x: np.ndarray, y: np.nda
     ho, wo = y.shape[2:]
     windows = windows[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :ho, :wo]
     total = x.shape[0] * ho * wo
-    limit = min(ROWS_PER_BATCH, max(MIN_ROWS_PER_BATCH, 2 * x.shape[1] * kh * kw))
+    per_sample = min(ROWS_PER_SAMPLE, max(MIN_ROWS_PER_SAMPLE, -(-2 * x.shape[1] * kh * kw // 32)))
+    limit = per_sample * x.shape[0]
     picked = rng.choice(total, limit, replace=False) if total > limit else np.arange(total)
     b, i, j = np.unravel_index(picked, (x.shape[0], ho, wo))
     return windows[b, :, i, j].reshape(len(picked), -1), y[b, :, i, j]

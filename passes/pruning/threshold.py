@@ -23,6 +23,7 @@ from passes.pruning.channel_groups import Group
 from passes.pruning.importance import GroupScores
 
 BIN_WIDTH = 0.01
+NO_VALLEY = "adaptive: no histogram valley"
 #: in a polarised histogram the lower mode's peak lies below this fraction of the upper mode's
 LOW_MODE = 0.25
 
@@ -78,7 +79,7 @@ def by_adaptive(groups: Sequence[Group], scores: Sequence[GroupScores], limits: 
     for group, sc in zip(groups, scores):
         delta = adaptive_threshold(sc.values)
         if delta is None:
-            out.append(Choice(np.zeros(0, np.int64), "adaptive: no histogram valley"))
+            out.append(Choice(np.zeros(0, np.int64), NO_VALLEY))
             continue
         below = int((sc.values < delta).sum())
         count = limits.allowed(len(group.units), len(group.prunable), below)
