@@ -10,7 +10,8 @@ size and MACs ratios (onnxopt.stats on a copy with the evaluation shapes at batc
 metric against float32's (bench/zoo_metrics.py), the batch-1 latency ratio (onnxopt.latency's
 paired interleaved run, CPU provider, 1 intra-op thread, graph optimizations on) and the tool's
 wall time. Results are cached per (model, pass, code state) in bench/_work/zoo/results, so a rerun
-after a fix recomputes only what the fix can change. Writes the "zoo" section of docs/BENCHMARKS.md.
+after a fix recomputes only what the fix can change (``--force`` after changing the bench's own
+measurements). Writes the "zoo" section of docs/BENCHMARKS.md ("zoo-eval" with ``--with-eval``).
 
     .venv/bin/python bench/bench_zoo.py [--models a,b] [--passes fp16,int8] [--timeout 300] [--force]
                                         [--with-eval]
@@ -55,8 +56,10 @@ SIZES = {"ppocrv5_rec": (100, 300), "ppocrv6_rec_small": (100, 300), "ppocrv5_de
 
 
 def code_state() -> str:
-    """The commit plus a hash of uncommitted changes to the code a result depends on."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    """The last commit that changed the code under test (onnxopt/, passes/), plus a hash of its
+    uncommitted changes: commits to the benchmarks or docs keep the cached results."""
+    head = subprocess.run(["git", "log", "-1", "--format=%h", "--", "onnxopt", "passes"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
     diff = subprocess.run(["git", "diff", "HEAD", "--", "onnxopt", "passes"], cwd=ROOT, capture_output=True).stdout
     return head + (f"+{hashlib.sha1(diff).hexdigest()[:8]}" if diff else "")
 
@@ -89,8 +92,9 @@ def run_outputs(model: Path | onnx.ModelProto, inputs: dict[str, np.ndarray]) ->
             for i in range(0, n, batch)]
 
 
-def _static_macs(path: Path, sample: dict[str, np.ndarray]) -> int:
-    """MACs with the graph inputs fixed at one evaluation sample's shape (onnxopt.stats)."""
+def _static_macs(path: Path, sample: dict[str, np.ndarray]) -> tuple[int, int]:
+    """MACs with the graph inputs fixed at one evaluation sample's shape (onnxopt.stats), and the
+    number of MAC-carrying nodes whose MACs stats could not work out."""
     proto = onnx.load(str(path), load_external_data=True)
     for value in proto.graph.input:
         if value.name in sample:
@@ -98,7 +102,8 @@ def _static_macs(path: Path, sample: dict[str, np.ndarray]) -> int:
             for dim, size in zip(dims, sample[value.name].shape):
                 dim.Clear()
                 dim.dim_value = size
-    return model_stats(proto).macs
+    stats = model_stats(proto)
+    return stats.macs, stats.macs_unknown_nodes
 
 
 def run_cell(model: ZooModel, path: Path, calib: Path, pass_name: str, out: Path, timeout: float,
@@ -151,7 +156,7 @@ def measure(model: ZooModel, path: Path, out: Path, split: Split, reference: Out
     sample = {k: v[:1] for k, v in split.eval.items()}
     latency = paired_latency(make_session(path, threads=1, optimize=True), sample,
                              make_session(out, threads=1, optimize=True), sample, runs=runs)
-    macs_before, macs_after = _static_macs(path, sample), _static_macs(out, sample)
+    macs_before, macs_after = _static_macs(path, sample)[0], _static_macs(out, sample)[0]
     return {"size_ratio": out.stat().st_size / path.stat().st_size,
             "macs_ratio": macs_after / macs_before if macs_before else None,
             "score": score.to_dict(), "latency": latency.to_dict()}
@@ -162,7 +167,7 @@ def _outcome(cell: dict[str, Any]) -> str:
     return "ok, unchanged" if cell["outcome"] == "ok" and not cell.get("modified", True) else cell["outcome"]
 
 
-def _fmt_cell(cell: dict[str, Any]) -> list[object]:
+def _fmt_cell(cell: dict[str, Any], macs_unknown: int) -> list[object]:
     if cell["outcome"] != "ok":
         reason = cell.get("reason", "").replace("|", "/")
         return [f"**{cell['outcome']}**: {reason[:240]}", "", "", "", "", f"{cell['tool_s']:.1f}"]
@@ -171,6 +176,7 @@ def _fmt_cell(cell: dict[str, Any]) -> list[object]:
         f"{100 * score['optimized']:.1f}%"
     noise = "" if lat["ratio_p90"] < 1 or lat["ratio_p10"] > 1 else " (noise)"
     macs = f"×{cell['macs_ratio']:.2f}" if cell.get("macs_ratio") else "?"
+    macs += f" ({macs_unknown} nodes unknown)" if macs_unknown else ""
     return [_outcome(cell), f"×{cell['size_ratio']:.2f}", macs, f"{delta}; agree {100 * score['agreement']:.1f}%",
             f"×{lat['ratio']:.2f}{noise}", f"{cell['tool_s']:.1f}"]
 
@@ -212,6 +218,7 @@ def main() -> None:
         charset = ctc_charset(model.name, path, extras) if "rec" in model.name or "ddddocr" in model.name else None
         n_calib, n_eval = (len(next(iter(s.values()))) for s in (split.calib, split.eval))
         reference: Outputs | None = None
+        macs_unknown = _static_macs(path, {k: v[:1] for k, v in split.eval.items()})[1]
         baseline_file = results / f"{model.name}__float32.json"
         if not baseline_file.exists():
             reference = run_outputs(path, split.eval)
@@ -229,25 +236,29 @@ def main() -> None:
             else:
                 logger.info("%s × %s", model.name, pass_name)
                 cell_start = time.perf_counter()
-                out = ZOO / "out" / f"{model.name}.{pass_name}.onnx"
+                out = ZOO / "out" / variant / f"{model.name}.{pass_name}.onnx"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 cell = run_cell(model, path, calib, pass_name, out, args.timeout,
                                 evaluation if args.with_eval else None)
-                if cell["outcome"] == "ok":
-                    if reference is None:
-                        reference = run_outputs(path, split.eval)
-                    cell.update(measure(model, path, out, split, reference, charset, args.runs))
-                cell["samples"] = {"calibration": n_calib, "evaluation": n_eval}
-                cell["cell_s"] = time.perf_counter() - cell_start
-                cached.write_text(json.dumps(cell, indent=1, default=str))
+                try:
+                    if cell["outcome"] == "ok":
+                        if reference is None:
+                            reference = run_outputs(path, split.eval)
+                        cell.update(measure(model, path, out, split, reference, charset, args.runs))
+                    cell["samples"] = {"calibration": n_calib, "evaluation": n_eval}
+                    cell["cell_s"] = time.perf_counter() - cell_start
+                    cached.write_text(json.dumps(cell, indent=1, default=str))
+                except Exception as exc:  # the bench's own failure: a row, not cached, so a rerun retries
+                    logger.exception("%s × %s: the bench failed", model.name, pass_name)
+                    cell.update(outcome="bench error", reason=f"{type(exc).__name__}: {exc}"[:200])
             logger.info("%s × %s: %s %s", model.name, pass_name, cell["outcome"], cell.get("reason", ""))
             counts[_outcome(cell)] = counts.get(_outcome(cell), 0) + 1
             cells_s += cell.get("cell_s", cell["tool_s"])
-            rows.append([f"`{model.name}`", f"`{pass_name}`", *_fmt_cell(cell)])
+            rows.append([f"`{model.name}`", f"`{pass_name}`", *_fmt_cell(cell, macs_unknown)])
     minutes = (time.perf_counter() - started) / 60
     logger.info("outcomes: %s; this run %.1f min, the cells %.1f min", counts, minutes, cells_s / 60)
     minutes = cells_s / 60
-    if args.no_write or args.models or args.passes != ",".join(PASSES):
+    if args.no_write or {m.name for m in models} != {m.name for m in by_name()} or set(passes) != set(PASSES):
         print(markdown_table(["model", "pass", "outcome", "size", "MACs", "metric Δ / agreement", "latency",
                               "tool s"], rows))
         return
@@ -282,7 +293,8 @@ taken from the tool's report.
 Each pass runs through the CLI with default settings, plus `--calib` where the pass uses
 calibration data, no `--eval` (the tool's default comparison): `python -m onnxopt optimize MODEL
 -o OUT --pass P [--calib C] --json`. Outcome counts ({len(rows)} cells, code `{state}`): {summary}.
-Size: file size ratio; MACs: `onnxopt.stats` at the evaluation shape, batch 1; metric Δ: points of
+Size: file size ratio; MACs: `onnxopt.stats` at the evaluation shape, batch 1 (partial where it
+cannot size some nodes, e.g. weights held in Constant nodes); metric Δ: points of
 the model's labelled metric against float32's on the held-out set, or for agreement metrics the
 value itself (map IoU, detection F1, cosine) with float32 = 100%; agree: top-1 / decoded-string /
 nearest-neighbour / same-detections agreement with float32; latency: median of paired per-run
